@@ -1,0 +1,43 @@
+# Quick start:  make run   (virtual environment + install + the default job)
+#               make test  (the test suite; installs first if needed)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint format bench bench-compare clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall when the package's metadata changes; the source is installed editable.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,jax]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fastdist
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-autosave -p no:randomly
+
+bench-compare: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25%
+
+clean:
+	rm -rf $(VENV) outputs multirun .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

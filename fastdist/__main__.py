@@ -1,0 +1,3 @@
+from fastdist.cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""Spawn-context worker processes supervised by the coordinator.
+
+Workers get their arrays from the shared arena; the pipes here carry only small control
+messages (ready, progress, done, error). The coordinator waits on the pipes and on the
+process sentinels together, so a worker that dies, even by SIGKILL, is noticed at once:
+the barrier is aborted, the survivors are stopped, and a one-line :class:`WorkerError`
+is raised. Nothing waits without a way out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from fastdist.barrier import SpinBarrier, barrier_shape
+from fastdist.errors import FastdistError, WorkerError
+from fastdist.shm import ArenaSpec, SharedArena
+from fastdist.threads import environment, thread_env
+
+__all__ = ["WorkerPool", "WorkerContext"]
+
+_PR_SET_PDEATHSIG = 1
+_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class WorkerContext:
+    """What a worker function receives besides its rank and its own arguments."""
+
+    rank: int
+    n_workers: int
+    barrier: SpinBarrier  # shared by the workers; the coordinator can abort it
+    _conn: Connection
+
+    def send(self, kind: str, payload: Any = None) -> None:
+        """A small control message to the coordinator (never an array)."""
+        self._conn.send((kind, self.rank, payload))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker if the coordinator dies, so a killed coordinator
+    leaves no orphan computing into a segment nobody reads."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _bootstrap(
+    target: Callable, rank: int, n_workers: int, args: tuple, conn, sync_spec: ArenaSpec
+) -> None:
+    # Ctrl-C reaches the whole process group; only the coordinator decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    sync = SharedArena.attach(sync_spec)
+    ctx = WorkerContext(rank, n_workers, SpinBarrier(sync["barrier"], rank), conn)
+    try:
+        target(ctx, *args)
+    except threading.BrokenBarrierError:
+        # The coordinator aborted the barrier because another worker failed; it already
+        # knows why, so leave quietly.
+        os._exit(1)
+    except BaseException as exc:  # report everything, including SystemExit from user code
+        # Expected failures keep their type (the CLI maps it to an exit code); anything
+        # else is reported as "Type: first line" with the traceback kept for --verbose.
+        expected = isinstance(exc, FastdistError)
+        detail = {
+            "type": type(exc).__name__ if expected else "",
+            "message": str(exc).strip().splitlines()[0] if expected else _one_line(exc),
+        }
+        try:
+            conn.send(("error", rank, detail))
+            conn.send(("traceback", rank, traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+        os._exit(1)
+    finally:
+        conn.close()
+        del ctx
+        sync.close()
+
+
+def _worker_failure(rank: int, detail: dict) -> FastdistError:
+    """Re-create a worker's expected error in the coordinator (same type, rank named)."""
+    from fastdist import errors
+
+    cls = getattr(errors, detail["type"], None) if detail["type"] else None
+    if isinstance(cls, type) and issubclass(cls, FastdistError):
+        return cls(f"worker {rank}: {detail['message']}")
+    return WorkerError(f"worker {rank} failed: {detail['message']}")
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class WorkerPool:
+    """``n_workers`` processes running ``target(ctx, *args)``; use as a context manager.
+
+    ``threads`` BLAS/Numba/XLA threads per worker are pinned through the environment
+    the worker starts with (see :mod:`fastdist.threads`).
+    """
+
+    def __init__(
+        self,
+        n_workers: int,
+        target: Callable,
+        args: tuple = (),
+        threads: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if n_workers < 1:
+            raise ValueError(f"a pool needs at least one worker, got {n_workers}")
+        self.n_workers = n_workers
+        self._ctx = mp.get_context("spawn")
+        # The barrier lives in a small segment of the pool's own, so the pool works
+        # with or without a data arena.
+        self._sync = SharedArena.create({"barrier": (barrier_shape(n_workers), np.int64)})
+        self.barrier = SpinBarrier(self._sync["barrier"], rank=None)
+        self._target, self._args = target, args
+        self._env = {**thread_env(threads), **(extra_env or {})}
+        self._procs: list[mp.Process] = []
+        self._conns: list[Connection] = []
+        self.tracebacks: dict[int, str] = {}
+
+    def start(self) -> None:
+        with environment(self._env):
+            for rank in range(self.n_workers):
+                recv, send = self._ctx.Pipe(duplex=False)
+                proc = self._ctx.Process(
+                    target=_bootstrap,
+                    args=(self._target, rank, self.n_workers, self._args, send, self._sync.spec),
+                    name=f"fastdist-worker-{rank}",
+                    daemon=True,
+                )
+                proc.start()
+                send.close()  # the worker holds the only writer: EOF means it is gone
+                self._procs.append(proc)
+                self._conns.append(recv)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def join(self, on_message: Callable[[str, int, Any], None] | None = None) -> dict[int, Any]:
+        """Relay messages until every worker has sent ``done``; return their payloads.
+
+        Raises :class:`WorkerError` as soon as one worker reports an error or dies.
+        """
+        results: dict[int, Any] = {}
+        conn_rank = {id(c): r for r, c in enumerate(self._conns)}
+        sentinel_rank = {p.sentinel: r for r, p in enumerate(self._procs)}
+        while len(results) < self.n_workers:
+            live = [c for r, c in enumerate(self._conns) if r not in results and not c.closed]
+            sentinels = [p.sentinel for r, p in enumerate(self._procs) if r not in results]
+            for obj in wait(live + sentinels):
+                if isinstance(obj, Connection):
+                    self._drain(conn_rank[id(obj)], results, on_message)
+                else:
+                    rank = sentinel_rank[obj]
+                    self._drain(rank, results, on_message)
+                    if rank not in results:
+                        self._procs[rank].join(_GRACE_SECONDS)
+                        raise WorkerError(
+                            f"worker {rank} {_describe_exit(self._procs[rank].exitcode)} "
+                            "before finishing"
+                        )
+        return results
+
+    def _drain(self, rank: int, results: dict, on_message) -> None:
+        conn = self._conns[rank]
+        while not conn.closed and conn.poll():
+            try:
+                kind, _, payload = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                return
+            if kind == "done":
+                results[rank] = payload
+            elif kind == "error":
+                raise _worker_failure(rank, payload)
+            elif kind == "traceback":
+                self.tracebacks[rank] = payload
+            elif on_message is not None:
+                on_message(kind, rank, payload)
+
+    def shutdown(self) -> None:
+        """Abort the barrier, give workers a grace period, then terminate and kill."""
+        if self.barrier is None:
+            return  # already shut down
+        self.barrier.abort()
+        deadline = time.monotonic() + _GRACE_SECONDS
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self._procs:
+            proc.join(_GRACE_SECONDS)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self.barrier = None
+        self._sync.close()
+
+    def __enter__(self) -> WorkerPool:
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Cleanup must finish even if a second Ctrl-C arrives while it runs.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.shutdown()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -1,0 +1,166 @@
+"""The training loop each worker runs on its shard, against the shared arena.
+
+Everything a worker touches lives in the arena: the training set (read-only), the
+parameter and momentum rows, and its own gradient slot. The combiner's schedule decides
+where the workers meet at the barrier; see the comments at each sync point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastdist.combiners.base import Sync
+from fastdist.errors import DivergenceError
+from fastdist.model import ParamLayout
+from fastdist.optim import SGD, average_rows
+from fastdist.shm import ArenaSpec, SharedArena
+
+__all__ = ["WorkerSpec", "train_worker", "epoch_order", "param_slice"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Picklable description of the job, identical for every worker."""
+
+    arena: ArenaSpec
+    sizes: tuple[int, ...]
+    backend: str
+    sync: Sync
+    period: int | None
+    average_momentum: bool
+    shards: tuple[tuple[int, int], ...]
+    batch_size: int
+    total_steps: int
+    optimizer: SGD
+    seed: int
+    threads: int
+
+
+def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
+    """The order in which worker ``rank`` visits its shard in ``epoch`` (reproducible)."""
+    return np.random.default_rng([seed, rank, epoch]).permutation(shard_size)
+
+
+def param_slice(n_params: int, n_workers: int, rank: int) -> tuple[int, int]:
+    """The part of the parameter vector worker ``rank`` reduces and updates.
+
+    Boundaries are rounded to 16 floats (64 bytes) so two workers never write the same
+    cache line.
+    """
+    chunk = -(-n_params // n_workers)
+    chunk = -(-chunk // 16) * 16
+    return min(rank * chunk, n_params), min((rank + 1) * chunk, n_params)
+
+
+def make_kernel(backend: str, layout: ParamLayout, max_batch: int):
+    """The kernel object for ``backend``; imports happen here, inside the worker."""
+    from fastdist.kernels import get_kernel
+
+    return get_kernel(backend)(layout, max_batch)
+
+
+def train_worker(ctx, spec: WorkerSpec) -> None:
+    from fastdist.threads import apply_in_worker, blas_thread_counts
+
+    apply_in_worker(spec.threads)
+    arena = SharedArena.attach(spec.arena)
+    try:
+        _train(ctx, spec, arena, blas_thread_counts)
+    finally:
+        arena.close()
+
+
+def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> None:
+    rank, n_workers = ctx.rank, ctx.n_workers
+    layout = ParamLayout(spec.sizes)
+    kernel = make_kernel(spec.backend, layout, spec.batch_size)
+    batch = spec.batch_size
+    x_all, y_all = arena["x_train"], arena["y_train"]
+    lo, hi = spec.shards[rank]
+    shard_x, shard_y = x_all[lo:hi], y_all[lo:hi]  # views: the shard is never copied
+    steps_per_epoch = (hi - lo) // batch
+
+    param_rows, momentum_rows, grads = arena["params"], arena["momentum"], arena["grads"]
+    row = 0 if spec.sync is Sync.GRADIENTS else rank
+    params, momentum, grad = param_rows[row], momentum_rows[row], grads[rank]
+    my_lo, my_hi = param_slice(layout.size, n_workers, rank)
+    opt = spec.optimizer
+
+    # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
+    xb = np.empty((batch, layout.n_inputs), dtype=np.float32)
+    yb = np.empty(batch, dtype=np.int32)
+
+    # Compile (or load from Numba's cache) before the clock starts, on a scratch
+    # gradient so the shared slot stays untouched.
+    scratch = np.empty_like(grad)
+    kernel.loss_and_grad(params, shard_x[:batch], shard_y[:batch], scratch)
+    del scratch
+    ctx.send("ready", {"threads": blas_thread_counts()})
+    ctx.barrier.wait()  # everyone compiled: start the clock together
+
+    start = time.monotonic()
+    first_step_done = None
+    step, epoch = 0, 0
+    while step < spec.total_steps:
+        order = epoch_order(spec.seed, rank, epoch, hi - lo)
+        loss_sum, correct, seen = 0.0, 0, 0
+        epoch_start = time.monotonic()
+        for b in range(steps_per_epoch):
+            if step >= spec.total_steps:
+                break
+            idx = order[b * batch : (b + 1) * batch]
+            np.take(shard_x, idx, axis=0, out=xb, mode="clip")
+            np.take(shard_y, idx, out=yb, mode="clip")
+            loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
+                )
+            if spec.sync is Sync.GRADIENTS:
+                # Sync point 1: every gradient slot is written. Worker k then averages
+                # slice k of all slots and updates slice k of the shared parameters
+                # (reduce-scatter fused with a sharded optimizer step).
+                ctx.barrier.wait()
+                opt.step_from_mean(params, momentum, grads, my_lo, my_hi)
+                # Sync point 2: the whole parameter vector is updated before anyone
+                # starts the next forward pass.
+                ctx.barrier.wait()
+            else:
+                opt.step(params, momentum, grad)
+                if spec.sync is Sync.PARAMETERS and spec.period and (step + 1) % spec.period == 0:
+                    ctx.barrier.wait()  # all rows hold their local step's result
+                    average_rows(param_rows, my_lo, my_hi)
+                    if spec.average_momentum:
+                        average_rows(momentum_rows, my_lo, my_hi)
+                    ctx.barrier.wait()  # every row holds the average
+            if first_step_done is None:
+                first_step_done = time.monotonic()
+            loss_sum += loss * batch
+            correct += n_right
+            seen += batch
+            step += 1
+        ctx.send(
+            "epoch",
+            {
+                "epoch": epoch,
+                "loss_sum": loss_sum,
+                "correct": correct,
+                "seen": seen,
+                "seconds": time.monotonic() - epoch_start,
+            },
+        )
+        epoch += 1
+    ctx.send(
+        "done",
+        {
+            "start": start,
+            "end": time.monotonic(),
+            "first_step_done": first_step_done,
+            "steps": step,
+            "samples": step * batch,
+        },
+    )

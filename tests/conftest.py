@@ -1,0 +1,90 @@
+"""Shared fixtures. Every test is checked for leaks: no ``fastdist-`` segment left in
+/dev/shm and no worker process alive once it ends."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from fastdist.shm import list_segments
+
+TOKEN_VAR = "FASTDIST_TEST_TOKEN"
+# Every process started from the test session (workers, CLI subprocesses and their
+# workers) inherits this variable, which is how survivors are found in /proc.
+os.environ.setdefault(TOKEN_VAR, f"pytest-{os.getpid()}")
+
+
+def _environ_has_token(pid: int, token: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return token in fh.read()
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def surviving_processes() -> list[tuple[int, str]]:
+    """Processes started under this test session that are still alive, other than the
+    session itself and multiprocessing's long-lived resource tracker."""
+    token = f"{TOKEN_VAR}={os.environ[TOKEN_VAR]}".encode()
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        if _environ_has_token(pid, token):
+            cmd = _cmdline(pid)
+            if "resource_tracker" in cmd or not cmd:
+                continue  # helper of the session itself, or a zombie being reaped
+            found.append((pid, cmd))
+    return found
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a shared-memory segment or a live child behind."""
+    before = set(list_segments())
+    yield
+    assert wait_until(lambda: not multiprocessing.active_children(), 5.0), (
+        f"child processes survived: {multiprocessing.active_children()}"
+    )
+    assert wait_until(lambda: not surviving_processes(), 5.0), (
+        f"processes survived: {surviving_processes()}"
+    )
+    leaked = set(list_segments()) - before
+    assert not leaked, f"leaked shared-memory segments: {sorted(leaked)}"
+
+
+@pytest.fixture
+def tiny_overrides():
+    """A run that takes well under a second: synthetic data, a small MLP."""
+    return [
+        "dataset=synthetic",
+        "dataset.n_train=512",
+        "dataset.n_test=256",
+        "dataset.n_features=12",
+        "dataset.n_classes=4",
+        "model.hidden=[16]",
+        "batch_size=16",
+        "epochs=2",
+    ]

@@ -1,0 +1,207 @@
+"""The command line as a user meets it: runs, sweeps, bad input and interruptions,
+each through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from fastdist.shm import list_segments
+
+TINY = [
+    "dataset=synthetic",
+    "dataset.n_train=512",
+    "dataset.n_test=128",
+    "dataset.n_features=8",
+    "dataset.n_classes=3",
+    "model.hidden=[8]",
+    "batch_size=16",
+    "epochs=2",
+]
+REQUIRED_METRICS = {
+    "test_accuracy",
+    "test_loss",
+    "train_seconds",
+    "samples_per_second",
+    "workers",
+    "combiner",
+    "backend",
+    "dataset",
+    "seed",
+}
+
+
+def fastdist(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fastdist", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_run_writes_metrics(tmp_path):
+    proc = fastdist(*TINY, "workers=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics.keys() >= REQUIRED_METRICS
+    assert metrics["workers"] == 2 and metrics["combiner"] == "grad_avg"
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert "epoch 2" in proc.stdout
+
+
+def test_console_script_and_module_are_the_same_app(tmp_path):
+    script = Path(sys.executable).with_name("fastdist")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "combiner: grad_avg, weight_avg" in out.stdout
+    cfg = fastdist("--cfg", "job", "workers=3", cwd=tmp_path)
+    assert cfg.returncode == 0 and "workers: 3" in cfg.stdout
+
+
+def test_a_two_by_two_multirun_writes_one_metrics_file_per_job(tmp_path):
+    proc = fastdist(
+        "-m",
+        *TINY,
+        "combiner=grad_avg,weight_avg",
+        "workers=1,2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
+    assert {(m["combiner"], m["workers"]) for m in runs} == {
+        ("grad_avg", 1),
+        ("grad_avg", 2),
+        ("weight_avg", 1),
+        ("weight_avg", 2),
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "cause"),
+    [
+        (["combiner=nope"], 2, "Could not find 'combiner/nope' (available: grad_avg, weight_avg)"),
+        (["workers=0"], 2, "workers must be >= 1, got 0"),
+        (["batch_size=4096"], 2, "batch_size=4096 is larger than a shard"),
+        (["workers=two"], 2, "could not be converted to Integer (key: workers)"),
+        (["wrkers=2"], 2, "Key 'wrkers' not in 'FastdistConfig'"),
+        (["optimizer.lr=-1"], 2, "optimizer.lr must be > 0"),
+        (["optimizer.lr=1e4", "workers=1", "epochs=50"], 1, "loss became nan"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, overrides, code, cause):
+    proc = fastdist(*TINY, *overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fastdist: error: ") and cause in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# --- interruptions: a long run, stopped from outside -------------------------------------
+
+LONG = [
+    "dataset=synthetic",
+    "dataset.n_train=2048",
+    "dataset.n_features=16",
+    "model.hidden=[32]",
+    "batch_size=16",
+    "steps=10000000",
+    "workers=2",
+]
+
+
+class LongRun:
+    """A run started in its own session (like a shell job), watched until it trains."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastdist", *LONG, f"hydra.run.dir={tmp_path}/run"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.stdout: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+
+    def wait_training(self) -> None:
+        assert wait_until(lambda: self.workers() and list_segments(), 60), "never started"
+        time.sleep(0.5)  # past compilation, inside the step loop
+
+    def workers(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and "resource_tracker" not in _cmd(entry):
+                pids.append(int(entry))
+        return pids
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode, err
+
+
+def _cmd(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    run = LongRun(tmp_path)
+    run.wait_training()
+    os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    code, err = run.finish(timeout=10)
+    assert code == 130, err
+    assert err.strip() == "fastdist: error: interrupted; workers stopped and shared memory released"
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    run = LongRun(tmp_path)
+    run.wait_training()
+    run.proc.send_signal(signal.SIGTERM)
+    code, err = run.finish(timeout=10)
+    assert code == 143, err
+
+
+def test_a_worker_killed_mid_run_fails_the_run_within_two_seconds(tmp_path):
+    run = LongRun(tmp_path)
+    run.wait_training()
+    victim = run.workers()[-1]
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    code, err = run.finish(timeout=10)
+    assert time.monotonic() - killed < 2.0
+    assert code == 1
+    assert "was killed by SIGKILL before finishing" in err
+    assert len(err.strip().splitlines()) == 1, err

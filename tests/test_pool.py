@@ -1,0 +1,46 @@
+"""WorkerPool: results, and fault injection in the style of loky's tests: a worker that
+raises, exits or is killed makes the pool fail fast with one line, never hang."""
+
+from __future__ import annotations
+
+import time
+
+import faulty_workers
+import pytest
+
+from fastdist.errors import WorkerError
+from fastdist.pool import WorkerPool
+
+
+def test_results_and_messages_come_back():
+    seen = []
+    with WorkerPool(3, faulty_workers.finish, (4,)) as pool:
+        results = pool.join(lambda kind, rank, payload: seen.append((kind, rank, payload)))
+    assert results == {0: 40, 1: 41, 2: 42}
+    assert sorted(seen) == [("progress", r, 4) for r in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (faulty_workers.raise_on_rank_1, r"^worker 1 failed: ValueError: boom in worker$"),
+        (faulty_workers.exit_3_on_rank_0, r"^worker 0 exited with code 3 before finishing$"),
+        (
+            faulty_workers.sigkill_self_on_rank_1,
+            r"^worker 1 was killed by SIGKILL before finishing$",
+        ),
+    ],
+)
+def test_a_failing_worker_fails_the_pool_fast(target, message):
+    with WorkerPool(2, target) as pool:
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match=message):
+            pool.join()
+    # the survivor was blocked in the barrier: it must have been released promptly
+    assert time.monotonic() - started < 5.0
+    assert all(not p.is_alive() for p in pool._procs)
+
+
+def test_zero_workers_is_refused():
+    with pytest.raises(ValueError, match="at least one worker"):
+        WorkerPool(0, faulty_workers.finish)

@@ -1,0 +1,109 @@
+"""End-to-end training through the shared-memory pool, checked against equivalences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastdist
+from fastdist.combiners import FinalizeInputs, weight_avg
+from fastdist.data import load_dataset, shard_bounds
+from fastdist.kernels.reference import loss_and_grad
+from fastdist.model import ParamLayout, init_params
+from fastdist.optim import sgd_update
+from fastdist.worker import epoch_order
+
+
+def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
+    """Single-process SGD with batch workers*B over exactly the samples the workers
+    visit, computed with the NumPy reference."""
+    data = load_dataset(cfg.dataset)
+    seed, batch = int(cfg.seed), int(cfg.batch_size)
+    order = np.random.default_rng(seed).permutation(len(data.y_train))
+    x, y = data.x_train[order], data.y_train[order]
+    shards = shard_bounds(len(y), workers)
+    shard_size = shards[0][1] - shards[0][0]
+    per_epoch = shard_size // batch
+    layout = ParamLayout((data.n_features, *cfg.model.hidden, data.n_classes))
+    params = init_params(layout, seed)
+    momentum = np.zeros_like(params)
+    opt = cfg.optimizer
+    for step in range(steps):
+        epoch, b = divmod(step, per_epoch)
+        idx = np.concatenate(
+            [
+                lo + epoch_order(seed, rank, epoch, shard_size)[b * batch : (b + 1) * batch]
+                for rank, (lo, _) in enumerate(shards)
+            ]
+        )
+        _, grad, _ = loss_and_grad(layout, params, x[idx], y[idx])
+        sgd_update(
+            params,
+            momentum,
+            grad,
+            np.float32(opt.lr),
+            np.float32(opt.momentum),
+            np.float32(opt.weight_decay),
+            0,
+            layout.size,
+        )
+    return params
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_grad_avg_equals_single_process_large_batch_sgd(tiny_overrides, workers):
+    steps = 24  # crosses an epoch boundary (512 // workers // 16 steps per epoch)
+    cfg = fastdist.compose([*tiny_overrides, f"workers={workers}", f"steps={steps}"])
+    result = fastdist.train(cfg)
+    expected = _replay_large_batch_sgd(cfg, workers, steps)
+    got = result.worker_params[0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_one_worker_grad_avg_and_weight_avg_are_the_same_sgd(tiny_overrides):
+    a = fastdist.train(fastdist.compose([*tiny_overrides, "workers=1", "combiner=grad_avg"]))
+    b = fastdist.train(fastdist.compose([*tiny_overrides, "workers=1", "combiner=weight_avg"]))
+    np.testing.assert_array_equal(a.worker_params[0], b.worker_params[0])
+
+
+def test_weight_avg_of_identical_workers_is_that_model():
+    layout = ParamLayout((4, 5, 3))
+    theta = init_params(layout, 7)
+    rows = np.stack([theta] * 4)
+    model = weight_avg().finalize(FinalizeInputs(rows, layout, np.full(4, 10)))
+    assert len(model.members) == 1
+    np.testing.assert_array_equal(model.members[0], theta)
+
+
+def test_weight_avg_is_the_mean_of_the_workers():
+    layout = ParamLayout((4, 3))
+    rows = np.random.default_rng(0).standard_normal((3, layout.size)).astype(np.float32)
+    model = weight_avg().finalize(FinalizeInputs(rows, layout, np.full(3, 10)))
+    np.testing.assert_allclose(model.members[0], rows.mean(axis=0), rtol=1e-6)
+
+
+def test_runs_are_reproducible(tiny_overrides):
+    overrides = [*tiny_overrides, "workers=2"]
+    a = fastdist.train(fastdist.compose(overrides))
+    b = fastdist.train(fastdist.compose(overrides))
+    np.testing.assert_array_equal(a.worker_params, b.worker_params)
+
+
+def test_workers_are_pinned_to_one_blas_thread(tiny_overrides):
+    metrics = fastdist.train(fastdist.compose([*tiny_overrides, "workers=2"])).metrics
+    assert metrics["worker_blas_threads"] == 1
+
+
+@pytest.mark.parametrize("combiner", ["grad_avg", "weight_avg"])
+def test_digits_reaches_93_percent_with_two_workers(combiner):
+    metrics = fastdist.train(fastdist.compose([f"combiner={combiner}", "workers=2"])).metrics
+    assert metrics["test_accuracy"] >= 0.93, metrics
+    for key in ("test_loss", "train_seconds", "samples_per_second"):
+        assert metrics[key] > 0
+    assert (metrics["workers"], metrics["combiner"], metrics["dataset"]) == (2, combiner, "digits")
+
+
+def test_metrics_count_every_sample(tiny_overrides):
+    metrics = fastdist.train(fastdist.compose([*tiny_overrides, "workers=2", "steps=5"])).metrics
+    assert metrics["samples_seen"] == 2 * 5 * 16
