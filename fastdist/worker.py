@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastdist.allreduce import average_rows, slice_bounds
 from fastdist.combiners.base import Sync
 from fastdist.errors import DivergenceError
 from fastdist.model import ParamLayout
-from fastdist.optim import SGD, average_rows
+from fastdist.optim import SGD
 from fastdist.shm import ArenaSpec, SharedArena
 
-__all__ = ["WorkerSpec", "train_worker", "epoch_order", "param_slice"]
+__all__ = ["WorkerSpec", "train_worker", "epoch_order"]
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,6 @@ class WorkerSpec:
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
     """The order in which worker ``rank`` visits its shard in ``epoch`` (reproducible)."""
     return np.random.default_rng([seed, rank, epoch]).permutation(shard_size)
-
-
-def param_slice(n_params: int, n_workers: int, rank: int) -> tuple[int, int]:
-    """The part of the parameter vector worker ``rank`` reduces and updates.
-
-    Boundaries are rounded to 16 floats (64 bytes) so two workers never write the same
-    cache line.
-    """
-    chunk = -(-n_params // n_workers)
-    chunk = -(-chunk // 16) * 16
-    return min(rank * chunk, n_params), min((rank + 1) * chunk, n_params)
 
 
 def make_kernel(backend: str, layout: ParamLayout, max_batch: int):
@@ -87,7 +77,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     param_rows, momentum_rows, grads = arena["params"], arena["momentum"], arena["grads"]
     row = 0 if spec.sync is Sync.GRADIENTS else rank
     params, momentum, grad = param_rows[row], momentum_rows[row], grads[rank]
-    my_lo, my_hi = param_slice(layout.size, n_workers, rank)
+    # The part of the vector this worker reduces and updates at every sync point.
+    my_lo, my_hi = slice_bounds(layout.size, n_workers, rank)
     opt = spec.optimizer
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
