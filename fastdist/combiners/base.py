@@ -49,6 +49,12 @@ class FinalizeInputs:
     worker_params: np.ndarray  # (rows, P): one row per worker, or one shared row
     layout: ParamLayout
     samples_seen: np.ndarray  # (workers,) training samples each worker processed
+    # Each worker's training shard (x, y), for data-dependent combiners (Fisher).
+    shards: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    # A validation split carved from the training data (never the test set), for
+    # combiners that select or weight members by held-out accuracy (greedy soup).
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
