@@ -62,6 +62,19 @@ def _run(cfg: DictConfig) -> float:
         # SystemExit passes through Hydra untouched: no "Error executing job" banner
         # and no traceback, just the cause.
         raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
+    if cfg.get("save_states"):
+        from fastdist.states import save_states
+
+        combiner = result.metrics["combiner"]
+        saved = save_states(
+            out_dir,
+            result.worker_params,
+            result.layout,
+            result.samples_seen,
+            result.validation_fraction,
+            result.sync,
+        )
+        log.info("worker states of %s written to %s", combiner, saved)
     path = write_metrics(result.metrics, out_dir)
     log.info("metrics written to %s", path)
     return result.metrics["test_accuracy"]

@@ -68,6 +68,11 @@ class FastdistConfig:
     epochs: int = 10
     steps: int | None = None  # if set, train exactly this many steps per worker
     batch_size: int = 64  # per worker
+    # Fraction of the training set held out for combiners that select by validation
+    # accuracy (greedy soup). 0 = none; such a combiner then takes 0.1 and says so.
+    validation_fraction: float = 0.0
+    diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
+    save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

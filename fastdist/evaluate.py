@@ -20,7 +20,8 @@ def _softmax_inplace(z: np.ndarray) -> np.ndarray:
 
 
 def predict_proba(model: CombinedModel, layout: ParamLayout, x: np.ndarray) -> np.ndarray:
-    """Weighted average of the members' softmax outputs, float64, shape (n, classes)."""
+    """The combined predictive distribution, float64, shape (n, classes): the weighted
+    mean of the members' softmax outputs, or the softmax of their weighted mean logits."""
     from fastdist.kernels.numba_mlp import NumbaKernel
 
     kernel = NumbaKernel(layout, min(_CHUNK, max(1, x.shape[0])))
@@ -28,8 +29,11 @@ def predict_proba(model: CombinedModel, layout: ParamLayout, x: np.ndarray) -> n
     logits = np.empty((x.shape[0], layout.n_classes), dtype=np.float32)
     for member, weight in zip(model.members, model.weights):
         kernel.predict_logits(np.ascontiguousarray(member, dtype=np.float32), x, logits)
-        probs += weight * _softmax_inplace(logits.astype(np.float64))
-    return probs
+        if model.average == "logits":
+            probs += weight * logits
+        else:
+            probs += weight * _softmax_inplace(logits.astype(np.float64))
+    return _softmax_inplace(probs) if model.average == "logits" else probs
 
 
 def evaluate(model: CombinedModel, layout: ParamLayout, x: np.ndarray, y: np.ndarray) -> dict:

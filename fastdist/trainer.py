@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.combiners import Combiner, FinalizeInputs
+from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs
 from fastdist.data import Dataset, load_dataset, shard_bounds
+from fastdist.diagnostics import worker_diagnostics
 from fastdist.errors import ConfigError
 from fastdist.evaluate import evaluate
 from fastdist.model import ParamLayout, init_params
@@ -23,9 +24,11 @@ from fastdist.pool import WorkerPool
 from fastdist.shm import SharedArena
 from fastdist.worker import WorkerSpec, train_worker
 
-__all__ = ["RunResult", "train", "build_combiner"]
+__all__ = ["RunResult", "PreparedData", "train", "build_combiner", "prepare_data", "combine"]
 
 log = logging.getLogger("fastdist")
+
+_DEFAULT_VALIDATION = 0.1
 
 
 @dataclass
@@ -36,6 +39,24 @@ class RunResult:
     metrics: dict
     worker_params: np.ndarray
     layout: ParamLayout
+    samples_seen: np.ndarray
+    validation_fraction: float = 0.0
+    sync: str = "none"
+
+
+@dataclass
+class PreparedData:
+    """The training set as the workers see it: shuffled once by the seed, minus the
+    validation split, cut into equal contiguous shards."""
+
+    dataset: Dataset
+    x_train: np.ndarray
+    y_train: np.ndarray
+    validation: tuple[np.ndarray, np.ndarray] | None
+    shards: list[tuple[int, int]]
+
+    def shard_arrays(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        return tuple((self.x_train[lo:hi], self.y_train[lo:hi]) for lo, hi in self.shards)
 
 
 def build_combiner(node) -> Combiner:
@@ -55,17 +76,45 @@ def build_combiner(node) -> Combiner:
     return combiner
 
 
-def _check(cfg, dataset: Dataset) -> tuple[int, int, int]:
+def validation_fraction(cfg, combiner: Combiner) -> float:
+    fraction = float(cfg.get("validation_fraction", 0.0) or 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"validation_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0 and combiner.needs_validation:
+        log.info(
+            "%s selects on held-out data: validation_fraction=%.1f of the training set",
+            combiner.name,
+            _DEFAULT_VALIDATION,
+        )
+        fraction = _DEFAULT_VALIDATION
+    return fraction
+
+
+def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
+    dataset = load_dataset(cfg.dataset)
+    # Shuffle once, by the seed; the validation split is the head of the shuffled set,
+    # shards are contiguous slices of the rest.
+    order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
+    n_val = int(round(len(order) * fraction))
+    if fraction > 0 and n_val == 0:
+        raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
+    x, y = dataset.x_train[order], dataset.y_train[order]
+    validation = (x[:n_val], y[:n_val]) if n_val else None
+    x, y = x[n_val:], y[n_val:]
+    return PreparedData(dataset, x, y, validation, shard_bounds(len(y), workers))
+
+
+def _check(cfg, n_train: int) -> tuple[int, int, int]:
     workers, batch = int(cfg.workers), int(cfg.batch_size)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if batch < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch}")
-    shard = len(dataset.y_train) // workers
+    shard = n_train // workers
     if batch > shard:
         raise ConfigError(
             f"batch_size={batch} is larger than a shard ({shard} rows = "
-            f"{len(dataset.y_train)} training rows / {workers} workers)"
+            f"{n_train} training rows / {workers} workers)"
         )
     steps_per_epoch = shard // batch
     if cfg.get("steps") is not None:
@@ -116,34 +165,85 @@ class _Progress:
         return max(counts, default=0)
 
 
+def model_layout(cfg, dataset: Dataset) -> ParamLayout:
+    hidden = tuple(int(h) for h in cfg.model.hidden)
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"model.hidden sizes must be >= 1, got {list(hidden)}")
+    return ParamLayout((dataset.n_features, *hidden, dataset.n_classes))
+
+
+def combine(
+    combiner: Combiner,
+    worker_params: np.ndarray,
+    layout: ParamLayout,
+    data: PreparedData,
+    samples_seen: np.ndarray,
+    seed: int,
+    diagnostics: bool = True,
+) -> dict:
+    """Finalize ``combiner`` on trained worker states and score it on the test set.
+
+    Used at the end of training and by ``fastdist-combine`` on saved states, so an
+    ablation over combiners differs in nothing else.
+    """
+    if combiner.needs_validation and data.validation is None:
+        raise ConfigError(f"{combiner.name} needs a validation split: set validation_fraction")
+    inputs = FinalizeInputs(
+        worker_params, layout, samples_seen, data.shard_arrays(), data.validation, seed
+    )
+    combined: CombinedModel = combiner.finalize(inputs)
+    x_test, y_test = data.dataset.x_test, data.dataset.y_test
+    scores = evaluate(combined, layout, x_test, y_test)
+    metrics = {
+        "test_accuracy": scores["accuracy"],
+        "test_loss": scores["loss"],
+        "combiner": combiner.name,
+        "members": len(combined.members),
+        **{f"combiner_{k}": v for k, v in combined.info.items()},
+    }
+    independent_rows = worker_params.shape[0] > 1
+    if diagnostics and independent_rows:
+        diag = worker_diagnostics(layout, worker_params, x_test, y_test)
+        metrics.update(diag)
+        if len(combined.members) > 1:
+            metrics["ensemble_gain_over_best_member"] = (
+                scores["accuracy"] - diag["best_member_test_accuracy"]
+            )
+    return metrics
+
+
 def train(cfg) -> RunResult:
     """Run one training job described by a composed config (see conf/config.yaml)."""
-    dataset = load_dataset(cfg.dataset)
-    workers, batch, total_steps = _check(cfg, dataset)
     combiner = build_combiner(cfg.combiner)
+    fraction = validation_fraction(cfg, combiner)
+    workers = int(cfg.workers)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    data = prepare_data(cfg, workers, fraction)
+    workers, batch, total_steps = _check(cfg, len(data.y_train))
     optimizer = SGD(**{k: float(v) for k, v in cfg.optimizer.items() if k != "name"})
-    hidden = tuple(int(h) for h in cfg.model.hidden)
-    layout = ParamLayout((dataset.n_features, *hidden, dataset.n_classes))
+    layout = model_layout(cfg, data.dataset)
     seed = int(cfg.seed)
     backend = str(cfg.backend.name)
     threads = int(cfg.backend.threads)
+    if threads < 1:
+        raise ConfigError(f"backend.threads must be >= 1, got {threads}")
 
-    shards = shard_bounds(len(dataset.y_train), workers)
-    rows = 1 if combiner.shares_parameters else workers
+    param_rows = 1 if combiner.shares_parameters else workers
+    momentum_rows = 1 if combiner.shares_momentum else workers
     arrays = {
-        "x_train": (dataset.x_train.shape, np.float32),
-        "y_train": (dataset.y_train.shape, np.int32),
-        "params": ((rows, layout.size), np.float32),
-        "momentum": ((rows, layout.size), np.float32),
+        "x_train": (data.x_train.shape, np.float32),
+        "y_train": (data.y_train.shape, np.int32),
+        "params": ((param_rows, layout.size), np.float32),
+        "momentum": ((momentum_rows, layout.size), np.float32),
         "grads": ((workers, layout.size), np.float32),
     }
     with SharedArena.create(arrays) as arena:
-        # The training set is shuffled once, as it is written into the arena; shards
-        # are then contiguous slices of it, read in place by their worker.
-        order = np.random.default_rng(seed).permutation(len(dataset.y_train))
-        np.take(dataset.x_train, order, axis=0, out=arena["x_train"])
-        np.take(dataset.y_train, order, out=arena["y_train"])
-        for row in range(rows):
+        # The training set is written into the arena once; workers read their shard
+        # of it in place.
+        arena["x_train"][:] = data.x_train
+        arena["y_train"][:] = data.y_train
+        for row in range(param_rows):
             row_seed = seed + row if combiner.init == "independent" else seed
             init_params(layout, row_seed, out=arena["params"][row])
 
@@ -154,17 +254,18 @@ def train(cfg) -> RunResult:
             sync=combiner.sync,
             period=combiner.period,
             average_momentum=bool(combiner.options.get("average_momentum", False)),
-            shards=tuple(shards),
+            shards=tuple(data.shards),
             batch_size=batch,
             total_steps=total_steps,
             optimizer=optimizer,
             seed=seed,
             threads=threads,
+            backend_options=_backend_options(cfg),
         )
         log.info(
             "training %s on %s: %d workers x batch %d, %d steps, backend %s, model %s",
             combiner.name,
-            dataset.name,
+            data.dataset.name,
             workers,
             batch,
             total_steps,
@@ -172,8 +273,8 @@ def train(cfg) -> RunResult:
             "-".join(map(str, layout.sizes)),
         )
         spawned = time.monotonic()
+        progress = _Progress(workers)
         with WorkerPool(workers, train_worker, (spec,), threads=threads) as pool:
-            progress = _Progress(workers)
             done = pool.join(progress)
         worker_params = arena["params"].copy()
 
@@ -181,27 +282,36 @@ def train(cfg) -> RunResult:
     start = min(d["start"] for d in done.values())
     end = max(d["end"] for d in done.values())
     first_step = max(d["first_step_done"] or d["end"] for d in done.values())
-    combined = combiner.finalize(FinalizeInputs(worker_params, layout, samples_seen))
-    scores = evaluate(combined, layout, dataset.x_test, dataset.y_test)
     train_seconds = end - start
-    metrics = {
-        "test_accuracy": scores["accuracy"],
-        "test_loss": scores["loss"],
-        "train_seconds": train_seconds,
-        "samples_per_second": float(samples_seen.sum()) / max(train_seconds, 1e-12),
-        "startup_seconds": first_step - spawned,
-        "workers": workers,
-        "combiner": combiner.name,
-        "backend": backend,
-        "dataset": dataset.name,
-        "seed": seed,
-        "batch_size": batch,
-        "steps": total_steps,
-        "samples_seen": int(samples_seen.sum()),
-        "model": list(layout.sizes),
-        "n_params": layout.size,
-        "worker_blas_threads": progress.max_threads,
-    }
+    metrics = combine(
+        combiner,
+        worker_params,
+        layout,
+        data,
+        samples_seen,
+        seed,
+        diagnostics=bool(cfg.get("diagnostics", True)),
+    )
+    metrics.update(
+        {
+            "train_seconds": train_seconds,
+            "samples_per_second": float(samples_seen.sum()) / max(train_seconds, 1e-12),
+            "startup_seconds": first_step - spawned,
+            "workers": workers,
+            "backend": backend,
+            "dataset": data.dataset.name,
+            "seed": seed,
+            "batch_size": batch,
+            "steps": total_steps,
+            "samples_seen": int(samples_seen.sum()),
+            "model": list(layout.sizes),
+            "n_params": layout.size,
+            "init": combiner.init,
+            "deterministic": combiner.deterministic,
+            "validation_rows": 0 if data.validation is None else len(data.validation[1]),
+            "worker_blas_threads": progress.max_threads,
+        }
+    )
     log.info(
         "test_accuracy %.4f  test_loss %.4f  %.0f samples/s over %.2f s",
         metrics["test_accuracy"],
@@ -209,4 +319,9 @@ def train(cfg) -> RunResult:
         metrics["samples_per_second"],
         train_seconds,
     )
-    return RunResult(metrics, worker_params, layout)
+    return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def _backend_options(cfg) -> dict:
+    cache = cfg.backend.get("compilation_cache")
+    return {"compilation_cache": None if cache is None else str(cache)}

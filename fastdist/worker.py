@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class WorkerSpec:
     optimizer: SGD
     seed: int
     threads: int
+    backend_options: dict = field(default_factory=dict)
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -75,8 +76,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     steps_per_epoch = (hi - lo) // batch
 
     param_rows, momentum_rows, grads = arena["params"], arena["momentum"], arena["grads"]
-    row = 0 if spec.sync is Sync.GRADIENTS else rank
-    params, momentum, grad = param_rows[row], momentum_rows[row], grads[rank]
+    params = param_rows[0] if spec.sync in (Sync.GRADIENTS, Sync.ASYNC) else param_rows[rank]
+    momentum = momentum_rows[0] if spec.sync is Sync.GRADIENTS else momentum_rows[rank]
+    grad = grads[rank]
     # The part of the vector this worker reduces and updates at every sync point.
     my_lo, my_hi = slice_bounds(layout.size, n_workers, rank)
     opt = spec.optimizer
@@ -121,6 +123,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 # starts the next forward pass.
                 ctx.barrier.wait()
             else:
+                # Own parameters (local SGD, independent training), or, under Hogwild,
+                # the shared vector written without a lock while others read it.
                 opt.step(params, momentum, grad)
                 if spec.sync is Sync.PARAMETERS and spec.period and (step + 1) % spec.period == 0:
                     ctx.barrier.wait()  # all rows hold their local step's result

@@ -1,22 +1,27 @@
-"""Gradient averaging (synchronous data-parallel SGD) and one-shot weight averaging."""
+"""Gradient averaging (synchronous data-parallel SGD), one-shot weight averaging, and
+periodic averaging (local SGD)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
 from fastdist.errors import ConfigError
 
-__all__ = ["grad_avg", "weight_avg"]
+__all__ = ["grad_avg", "weight_avg", "local_sgd", "mean_of_rows"]
 
 
 def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
     return CombinedModel((inputs.worker_params[0].copy(),))
 
 
-def _mean_of_rows(inputs: FinalizeInputs) -> CombinedModel:
-    # float64 accumulation: the average must not depend on float32 summation order.
-    return CombinedModel((inputs.worker_params.astype(np.float64).mean(axis=0).astype(np.float32),))
+def mean_of_rows(rows: np.ndarray) -> np.ndarray:
+    """Mean parameter vector, accumulated in float64 so it does not depend on order."""
+    return rows.astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def _average(inputs: FinalizeInputs) -> CombinedModel:
+    return CombinedModel((mean_of_rows(inputs.worker_params),))
 
 
 def grad_avg() -> Combiner:
@@ -27,6 +32,27 @@ def grad_avg() -> Combiner:
 
 def weight_avg(init: str = "shared") -> Combiner:
     """Train independently on each shard, average the parameter vectors at the end."""
-    if init not in ("shared", "independent"):
-        raise ConfigError(f"combiner.init must be 'shared' or 'independent', got {init!r}")
-    return Combiner("weight_avg", Sync.NONE, _mean_of_rows, init=init)
+    return Combiner("weight_avg", Sync.NONE, _average, init=check_init(init))
+
+
+def local_sgd(
+    period: int | None = 8, average_momentum: bool = False, init: str = "shared"
+) -> Combiner:
+    """Local SGD / periodic averaging: H local steps, then the parameter vectors (and
+    optionally the momentum buffers) are averaged in shared memory.
+
+    ``period=1`` with plain SGD reproduces ``grad_avg``: averaging theta_i - lr*g_i
+    equals theta - lr*mean(g_i). ``period=None`` never averages during training, which
+    is one-shot weight averaging.
+    """
+    if period is not None and (not isinstance(period, int) or period < 1):
+        raise ConfigError(f"combiner.period must be a positive integer or null, got {period!r}")
+    sync = Sync.NONE if period is None else Sync.PARAMETERS
+    return Combiner(
+        "local_sgd",
+        sync,
+        _average,
+        period=period,
+        init=check_init(init),
+        options={"average_momentum": bool(average_momentum)},
+    )

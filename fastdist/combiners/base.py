@@ -15,7 +15,7 @@ import numpy as np
 
 from fastdist.model import ParamLayout
 
-__all__ = ["Sync", "Combiner", "CombinedModel", "FinalizeInputs"]
+__all__ = ["Sync", "Combiner", "CombinedModel", "FinalizeInputs", "check_init"]
 
 
 class Sync(enum.Enum):
@@ -24,15 +24,20 @@ class Sync(enum.Enum):
     GRADIENTS = "gradients"  # every step: average gradients, one shared parameter vector
     PARAMETERS = "parameters"  # every ``period`` steps: average parameter vectors
     NONE = "none"  # independent training; combination happens only in finalize
+    ASYNC = "async"  # lock-free updates of one shared parameter vector (Hogwild)
 
 
 @dataclass(frozen=True)
 class CombinedModel:
-    """The predictor a combiner produces: members whose softmax outputs are averaged
-    with ``weights``. A single member is an ordinary model."""
+    """The predictor a combiner produces: members whose outputs are averaged with
+    ``weights`` (softmax probabilities, or logits when ``average == "logits"``). A
+    single member is an ordinary model. ``info`` carries what the combiner wants
+    reported in metrics.json (e.g. which workers a greedy soup kept)."""
 
     members: tuple[np.ndarray, ...]
     weights: tuple[float, ...] = ()
+    average: str = "probs"
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -64,9 +69,25 @@ class Combiner:
     finalize: Callable[[FinalizeInputs], CombinedModel]
     period: int | None = None  # steps between parameter averages (Sync.PARAMETERS)
     init: str = "shared"  # "shared": every worker starts from the same parameters
+    needs_validation: bool = False  # finalize uses a held-out split of the training set
+    deterministic: bool = True  # False for Hogwild: racing updates depend on timing
     options: dict = field(default_factory=dict)
 
     @property
     def shares_parameters(self) -> bool:
         """True when all workers read and write one parameter vector in the arena."""
+        return self.sync in (Sync.GRADIENTS, Sync.ASYNC)
+
+    @property
+    def shares_momentum(self) -> bool:
+        """Under gradient averaging the optimizer state is sharded, hence shared too."""
         return self.sync is Sync.GRADIENTS
+
+
+def check_init(init: str) -> str:
+    """Validate the ``combiner.init`` option shared by several combiners."""
+    from fastdist.errors import ConfigError
+
+    if init not in ("shared", "independent"):
+        raise ConfigError(f"combiner.init must be 'shared' or 'independent', got {init!r}")
+    return init
