@@ -150,6 +150,18 @@ class WorkerPool:
         self.tracebacks: dict[int, str] = {}
 
     def start(self) -> None:
+        # Children inherit an ignored SIGINT through exec, and Python then leaves it
+        # ignored: a Ctrl-C during their start-up cannot print a traceback from them.
+        if threading.current_thread() is not threading.main_thread():
+            self._start_all()  # signal dispositions can only be changed from there
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._start_all()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _start_all(self) -> None:
         with environment(self._env):
             for rank in range(self.n_workers):
                 recv, send = self._ctx.Pipe(duplex=False)

@@ -64,7 +64,8 @@ def test_console_script_and_module_are_the_same_app(tmp_path):
     script = Path(sys.executable).with_name("fastdist")
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    assert "combiner: grad_avg, weight_avg" in out.stdout
+    groups = dict(line.strip().split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    assert {"grad_avg", "weight_avg", "local_sgd"} <= set(groups["combiner"].split(", "))
     cfg = fastdist("--cfg", "job", "workers=3", cwd=tmp_path)
     assert cfg.returncode == 0 and "workers: 3" in cfg.stdout
 
@@ -92,7 +93,7 @@ def test_a_two_by_two_multirun_writes_one_metrics_file_per_job(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "code", "cause"),
     [
-        (["combiner=nope"], 2, "Could not find 'combiner/nope' (available: grad_avg, weight_avg)"),
+        (["combiner=nope"], 2, "Could not find 'combiner/nope' (available: ensemble, grad_avg,"),
         (["workers=0"], 2, "workers must be >= 1, got 0"),
         (["batch_size=4096"], 2, "batch_size=4096 is larger than a shard"),
         (["workers=two"], 2, "could not be converted to Integer (key: workers)"),
