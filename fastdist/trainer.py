@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastdist.cleanup import remove_stale_segments
 from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs
 from fastdist.data import Dataset, load_dataset, shard_bounds
 from fastdist.diagnostics import worker_diagnostics
@@ -214,6 +215,8 @@ def combine(
 
 def train(cfg) -> RunResult:
     """Run one training job described by a composed config (see conf/config.yaml)."""
+    for name in remove_stale_segments():
+        log.warning("removed /dev/shm/%s, left by a run that was killed", name)
     combiner = build_combiner(cfg.combiner)
     fraction = validation_fraction(cfg, combiner)
     workers = int(cfg.workers)

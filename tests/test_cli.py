@@ -206,3 +206,25 @@ def test_a_worker_killed_mid_run_fails_the_run_within_two_seconds(tmp_path):
     assert code == 1
     assert "was killed by SIGKILL before finishing" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_killed_coordinator_leaves_a_segment_that_the_next_run_removes(tmp_path):
+    run = LongRun(tmp_path)
+    run.wait_training()
+    before = set(list_segments())
+    # Kill the whole process group at once: coordinator, workers and the resource
+    # tracker that would otherwise clean up after the coordinator.
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    run.proc.wait()
+    leftover = {n for n in before if n.startswith(f"fastdist-{run.proc.pid}-")}
+    assert leftover and leftover <= set(list_segments())
+
+    from fastdist.shm import SharedArena
+
+    with SharedArena.create({"a": ((4,), "float32")}) as live:  # a live run's segment
+        script = Path(sys.executable).with_name("fastdist-clean")
+        out = subprocess.run([script], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0
+        assert not leftover & set(list_segments())
+        assert live.name in list_segments()  # never touches a live run's segment
+        assert f"removed {len(leftover)} stale segment(s)" in out.stdout

@@ -59,3 +59,39 @@ def test_unlinked_on_exception():
     with pytest.raises(RuntimeError), SharedArena.create(_arrays()) as arena:
         raise RuntimeError("boom")
     assert arena.name not in list_segments()
+
+
+def test_a_run_first_removes_segments_of_dead_owners_only():
+    import subprocess
+    import sys
+
+    import fastdist
+    from fastdist.cleanup import stale_segments
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = f"{SEGMENT_PREFIX}{int(dead.stdout)}-deadbeef"
+    with open(f"/dev/shm/{stale}", "wb") as fh:
+        fh.write(b"\0" * 64)
+    with SharedArena.create(_arrays()) as live:
+        assert stale_segments() == [stale]
+        fastdist.train(
+            fastdist.compose(
+                [
+                    "dataset=synthetic",
+                    "dataset.n_train=128",
+                    "dataset.n_test=32",
+                    "dataset.n_features=4",
+                    "model.hidden=[4]",
+                    "batch_size=8",
+                    "steps=2",
+                    "workers=1",
+                ]
+            )
+        )
+        assert stale not in list_segments()
+        assert live.name in list_segments()
