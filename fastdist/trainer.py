@@ -7,6 +7,7 @@ workers, and evaluates the combined model once they are done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -246,6 +247,12 @@ def train(cfg) -> RunResult:
         # of it in place.
         arena["x_train"][:] = data.x_train
         arena["y_train"][:] = data.y_train
+        # From here on the coordinator reads the training set from the arena too, and
+        # drops its private copies: the dataset is held in memory once, not 1 + N times.
+        data.x_train, data.y_train = arena["x_train"], arena["y_train"]
+        data.dataset = dataclasses.replace(
+            data.dataset, x_train=data.dataset.x_train[:0], y_train=data.dataset.y_train[:0]
+        )
         for row in range(param_rows):
             row_seed = seed + row if combiner.init == "independent" else seed
             init_params(layout, row_seed, out=arena["params"][row])
@@ -281,20 +288,24 @@ def train(cfg) -> RunResult:
             done = pool.join(progress)
         worker_params = arena["params"].copy()
 
-    samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
+        samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
+        # Combined inside the arena's lifetime: data-dependent combiners read the shards
+        # from it.
+        metrics = combine(
+            combiner,
+            worker_params,
+            layout,
+            data,
+            samples_seen,
+            seed,
+            diagnostics=bool(cfg.get("diagnostics", True)),
+        )
+        data.x_train = data.y_train = None  # drop the views before the arena closes
+
     start = min(d["start"] for d in done.values())
     end = max(d["end"] for d in done.values())
     first_step = max(d["first_step_done"] or d["end"] for d in done.values())
     train_seconds = end - start
-    metrics = combine(
-        combiner,
-        worker_params,
-        layout,
-        data,
-        samples_seen,
-        seed,
-        diagnostics=bool(cfg.get("diagnostics", True)),
-    )
     metrics.update(
         {
             "train_seconds": train_seconds,
