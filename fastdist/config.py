@@ -19,6 +19,7 @@ __all__ = [
     "DatasetConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "CheckpointConfig",
     "FastdistConfig",
     "register_configs",
     "compose",
@@ -62,6 +63,12 @@ class OptimizerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int | None = None  # steps between checkpoints; null = never
+    path: str | None = None  # default: checkpoint.npz in the run's output directory
+
+
+@dataclass
 class FastdistConfig:
     workers: int = 2
     seed: int = 0
@@ -73,6 +80,8 @@ class FastdistConfig:
     validation_fraction: float = 0.0
     diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # a checkpoint.npz to continue from
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

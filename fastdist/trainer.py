@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastdist.checkpoint import config_hash, read_checkpoint
 from fastdist.cleanup import remove_stale_segments
 from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs
 from fastdist.data import Dataset, load_dataset, shard_bounds
@@ -233,6 +234,8 @@ def train(cfg) -> RunResult:
     if threads < 1:
         raise ConfigError(f"backend.threads must be >= 1, got {threads}")
 
+    digest = config_hash(cfg)
+    every, checkpoint_path = _checkpointing(cfg)
     param_rows = 1 if combiner.shares_parameters else workers
     momentum_rows = 1 if combiner.shares_momentum else workers
     arrays = {
@@ -256,6 +259,19 @@ def train(cfg) -> RunResult:
         for row in range(param_rows):
             row_seed = seed + row if combiner.init == "independent" else seed
             init_params(layout, row_seed, out=arena["params"][row])
+        start_step = 0
+        if cfg.get("resume"):
+            state = read_checkpoint(
+                cfg.resume, digest, arena["params"].shape, arena["momentum"].shape
+            )
+            arena["params"][:], arena["momentum"][:] = state["params"], state["momentum"]
+            start_step = state["step"]
+            if start_step >= total_steps:
+                raise ConfigError(
+                    f"resume={cfg.resume}: the checkpoint is at step {start_step}, the run "
+                    f"has {total_steps} steps; ask for more steps"
+                )
+            log.info("resuming from %s at step %d", cfg.resume, start_step)
 
         spec = WorkerSpec(
             arena=arena.spec,
@@ -271,6 +287,10 @@ def train(cfg) -> RunResult:
             seed=seed,
             threads=threads,
             backend_options=_backend_options(cfg),
+            start_step=start_step,
+            checkpoint_every=every,
+            checkpoint_path=checkpoint_path,
+            config_hash=digest,
         )
         log.info(
             "training %s on %s: %d workers x batch %d, %d steps, backend %s, model %s",
@@ -324,6 +344,8 @@ def train(cfg) -> RunResult:
             "deterministic": combiner.deterministic,
             "validation_rows": 0 if data.validation is None else len(data.validation[1]),
             "worker_blas_threads": progress.max_threads,
+            "resumed_from_step": start_step,
+            "checkpoint": checkpoint_path,
         }
     )
     log.info(
@@ -334,6 +356,24 @@ def train(cfg) -> RunResult:
         train_seconds,
     )
     return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def _checkpointing(cfg) -> tuple[int | None, str | None]:
+    node = cfg.get("checkpoint") or {}
+    every = node.get("every")
+    if every is None:
+        return None, None
+    if int(every) < 1:
+        raise ConfigError(f"checkpoint.every must be >= 1 or null, got {every}")
+    path = node.get("path")
+    if path is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            path = f"{HydraConfig.get().runtime.output_dir}/checkpoint.npz"
+        except ValueError:  # not inside a Hydra app (Python API)
+            path = "checkpoint.npz"
+    return int(every), str(path)
 
 
 def _backend_options(cfg) -> dict:

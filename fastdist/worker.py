@@ -40,6 +40,10 @@ class WorkerSpec:
     seed: int
     threads: int
     backend_options: dict = field(default_factory=dict)
+    start_step: int = 0  # > 0 when resuming from a checkpoint
+    checkpoint_every: int | None = None
+    checkpoint_path: str | None = None
+    config_hash: str = ""
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -97,12 +101,13 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
 
     start = time.monotonic()
     first_step_done = None
-    step, epoch = 0, 0
+    step = spec.start_step
+    epoch, first_batch = divmod(step, steps_per_epoch)
     while step < spec.total_steps:
         order = epoch_order(spec.seed, rank, epoch, hi - lo)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.monotonic()
-        for b in range(steps_per_epoch):
+        for b in range(first_batch, steps_per_epoch):
             if step >= spec.total_steps:
                 break
             idx = order[b * batch : (b + 1) * batch]
@@ -138,6 +143,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             correct += n_right
             seen += batch
             step += 1
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0:
+                _checkpoint(ctx, spec, param_rows, momentum_rows, step)
+        first_batch = 0
         ctx.send(
             "epoch",
             {
@@ -155,7 +163,20 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             "start": start,
             "end": time.monotonic(),
             "first_step_done": first_step_done,
-            "steps": step,
-            "samples": step * batch,
+            "steps": step - spec.start_step,
+            "samples": (step - spec.start_step) * batch,
         },
     )
+
+
+def _checkpoint(ctx, spec: WorkerSpec, param_rows, momentum_rows, step: int) -> None:
+    """Every worker stops at the same step; worker 0 snapshots all rows, then writes
+    them while the others go on (they only change rows after the second barrier)."""
+    ctx.barrier.wait()  # every row holds the state after ``step`` steps
+    if ctx.rank == 0:
+        params, momentum = param_rows.copy(), momentum_rows.copy()
+    ctx.barrier.wait()  # snapshot taken
+    if ctx.rank == 0:
+        from fastdist.checkpoint import write_checkpoint
+
+        write_checkpoint(spec.checkpoint_path, params, momentum, step, spec.seed, spec.config_hash)
