@@ -89,7 +89,9 @@ def _compact(exc: BaseException) -> str:
     for line in lines:
         if line.startswith("full_key:"):
             key = line.split(":", 1)[1].strip()
-        elif line.startswith(("Config search path", "object_type", "Set the environment")):
+        elif line.startswith(("reference_type", "object_type")):
+            continue
+        elif line.startswith(("Config search path", "Set the environment")):
             break
         elif line.startswith("Available options"):
             options = ["(available:"]
@@ -125,7 +127,15 @@ def main() -> None:
         if isinstance(exc, (HydraException, OmegaConfBaseException)):
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
             raise _fail(_compact(cause), 2) from None
-        raise
+        if os.environ.get("FASTDIST_DEBUG"):
+            raise
+        # Not a known failure: still one line (and a clean shutdown, which the context
+        # managers already did), with the way to get the whole story.
+        raise _fail(
+            f"unexpected {type(exc).__name__}: {_compact(exc)} "
+            "(run with FASTDIST_DEBUG=1 for the traceback)",
+            1,
+        ) from None
 
 
 if __name__ == "__main__":

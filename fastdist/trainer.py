@@ -215,8 +215,41 @@ def combine(
     return metrics
 
 
+def validate(cfg) -> None:
+    """Check every number before any work starts, so bad input costs nothing and reads
+    as one line."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(int(cfg.workers) >= 1, f"workers must be >= 1, got {cfg.workers}")
+    need(int(cfg.seed) >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(int(cfg.batch_size) >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(int(cfg.epochs) >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
+    need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
+    hidden = list(cfg.model.hidden)
+    need(all(int(h) >= 1 for h in hidden), f"model.hidden sizes must be >= 1, got {hidden}")
+    data = cfg.dataset
+    if data.name == "synthetic":
+        need(int(data.n_train) >= 1, f"dataset.n_train must be >= 1, got {data.n_train}")
+        need(int(data.n_test) >= 1, f"dataset.n_test must be >= 1, got {data.n_test}")
+        need(int(data.n_features) >= 1, f"dataset.n_features must be >= 1, got {data.n_features}")
+        need(int(data.n_classes) >= 2, f"dataset.n_classes must be >= 2, got {data.n_classes}")
+        need(int(data.seed) >= 0, f"dataset.seed must be >= 0, got {data.seed}")
+    need(
+        0.0 < float(data.test_fraction) < 1.0,
+        f"dataset.test_fraction must be in (0, 1), got {data.test_fraction}",
+    )
+    need(int(data.split_seed) >= 0, f"dataset.split_seed must be >= 0, got {data.split_seed}")
+    SGD(**{k: float(v) for k, v in cfg.optimizer.items() if k != "name"})
+    _checkpointing(cfg)
+
+
 def train(cfg) -> RunResult:
     """Run one training job described by a composed config (see conf/config.yaml)."""
+    validate(cfg)
     for name in remove_stale_segments():
         log.warning("removed /dev/shm/%s, left by a run that was killed", name)
     combiner = build_combiner(cfg.combiner)
