@@ -31,6 +31,9 @@ class BackendConfig:
     name: str = "numba"
     threads: int = 1  # math-library threads per worker: workers x threads <= cores
     compilation_cache: str | None = None  # JAX persistent compilation cache directory
+    # Bind worker k to its own CPUs. JAX needs it: XLA sizes its thread pool from the
+    # CPUs a process may run on, and its thread flags alone no longer pin it.
+    pin_cpus: bool = False
 
 
 @dataclass

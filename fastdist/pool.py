@@ -66,11 +66,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _bootstrap(
-    target: Callable, rank: int, n_workers: int, args: tuple, conn, sync_spec: ArenaSpec
+    target: Callable,
+    rank: int,
+    n_workers: int,
+    args: tuple,
+    conn,
+    sync_spec: ArenaSpec,
+    cpus: tuple[int, ...] | None,
 ) -> None:
     # Ctrl-C reaches the whole process group; only the coordinator decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    if cpus:
+        # Before any math library starts its threads: XLA sizes its pool from this set.
+        os.sched_setaffinity(0, cpus)
     sync = SharedArena.attach(sync_spec)
     ctx = WorkerContext(rank, n_workers, SpinBarrier(sync["barrier"], rank), conn)
     try:
@@ -109,6 +118,16 @@ def _worker_failure(rank: int, detail: dict) -> FastdistError:
     return WorkerError(f"worker {rank} failed: {detail['message']}")
 
 
+def _cpu_sets(n_workers: int, threads: int) -> list[tuple[int, ...]]:
+    """``threads`` CPUs per worker, round-robin over the CPUs this process may use
+    (workers share CPUs only when workers x threads exceeds them)."""
+    available = sorted(os.sched_getaffinity(0))
+    return [
+        tuple(sorted({available[(rank * threads + i) % len(available)] for i in range(threads)}))
+        for rank in range(n_workers)
+    ]
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "is still running"
@@ -134,6 +153,7 @@ class WorkerPool:
         args: tuple = (),
         threads: int = 1,
         extra_env: dict[str, str] | None = None,
+        pin_cpus: bool = False,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {n_workers}")
@@ -145,6 +165,7 @@ class WorkerPool:
         self.barrier = SpinBarrier(self._sync["barrier"], rank=None)
         self._target, self._args = target, args
         self._env = {**thread_env(threads), **(extra_env or {})}
+        self._cpus = _cpu_sets(n_workers, threads) if pin_cpus else [None] * n_workers
         self._procs: list[mp.Process] = []
         self._conns: list[Connection] = []
         self.tracebacks: dict[int, str] = {}
@@ -167,7 +188,15 @@ class WorkerPool:
                 recv, send = self._ctx.Pipe(duplex=False)
                 proc = self._ctx.Process(
                     target=_bootstrap,
-                    args=(self._target, rank, self.n_workers, self._args, send, self._sync.spec),
+                    args=(
+                        self._target,
+                        rank,
+                        self.n_workers,
+                        self._args,
+                        send,
+                        self._sync.spec,
+                        self._cpus[rank],
+                    ),
                     name=f"fastdist-worker-{rank}",
                     daemon=True,
                 )

@@ -21,6 +21,7 @@ from fastdist.data import Dataset, load_dataset, shard_bounds
 from fastdist.diagnostics import worker_diagnostics
 from fastdist.errors import ConfigError
 from fastdist.evaluate import evaluate
+from fastdist.kernels import get_kernel
 from fastdist.model import ParamLayout, init_params
 from fastdist.optim import SGD
 from fastdist.pool import WorkerPool
@@ -138,11 +139,13 @@ class _Progress:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.blas_threads: dict[int, list] = {}
+        self.cpus: dict[int, list[int]] = {}
         self._pending: dict[int, list[dict]] = {}
 
     def __call__(self, kind: str, rank: int, payload) -> None:
         if kind == "ready":
             self.blas_threads[rank] = payload["threads"]
+            self.cpus[rank] = payload["cpus"]
         elif kind == "epoch":
             self._epoch(payload)
 
@@ -263,6 +266,7 @@ def train(cfg) -> RunResult:
     layout = model_layout(cfg, data.dataset)
     seed = int(cfg.seed)
     backend = str(cfg.backend.name)
+    get_kernel(backend)  # an unknown or uninstalled backend fails here, before spawning
     threads = int(cfg.backend.threads)
     if threads < 1:
         raise ConfigError(f"backend.threads must be >= 1, got {threads}")
@@ -337,7 +341,15 @@ def train(cfg) -> RunResult:
         )
         spawned = time.monotonic()
         progress = _Progress(workers)
-        with WorkerPool(workers, train_worker, (spec,), threads=threads) as pool:
+        pool = WorkerPool(
+            workers,
+            train_worker,
+            (spec,),
+            threads=threads,
+            extra_env=_backend_env(backend, threads, spec.backend_options),
+            pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
+        )
+        with pool:
             done = pool.join(progress)
         worker_params = arena["params"].copy()
 
@@ -377,7 +389,9 @@ def train(cfg) -> RunResult:
             "deterministic": combiner.deterministic,
             "validation_rows": 0 if data.validation is None else len(data.validation[1]),
             "worker_blas_threads": progress.max_threads,
+            "worker_cpu_affinity": [progress.cpus[r] for r in range(workers)],
             "resumed_from_step": start_step,
+            "recompilations_after_warmup": max(d["recompilations"] for d in done.values()),
             "checkpoint": checkpoint_path,
         }
     )
@@ -407,6 +421,15 @@ def _checkpointing(cfg) -> tuple[int | None, str | None]:
         except ValueError:  # not inside a Hydra app (Python API)
             path = "checkpoint.npz"
     return int(every), str(path)
+
+
+def _backend_env(backend: str, threads: int, options: dict) -> dict[str, str]:
+    """Environment a worker of ``backend`` must start with (set before its imports)."""
+    if backend != "jax":
+        return {}
+    from fastdist.kernels.jax_mlp import configure_jax_threads
+
+    return configure_jax_threads(threads, options.get("compilation_cache"))
 
 
 def _backend_options(cfg) -> dict:

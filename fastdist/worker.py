@@ -8,6 +8,7 @@ where the workers meet at the barrier; see the comments at each sync point.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -96,7 +97,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     scratch = np.empty_like(grad)
     kernel.loss_and_grad(params, shard_x[:batch], shard_y[:batch], scratch)
     del scratch
-    ctx.send("ready", {"threads": blas_thread_counts()})
+    compiled = getattr(kernel, "compile_count", 0)
+    ctx.send("ready", {"threads": blas_thread_counts(), "cpus": sorted(os.sched_getaffinity(0))})
     ctx.barrier.wait()  # everyone compiled: start the clock together
 
     start = time.monotonic()
@@ -165,6 +167,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             "first_step_done": first_step_done,
             "steps": step - spec.start_step,
             "samples": (step - spec.start_step) * batch,
+            # JIT backends: compilations after the warm-up call (should stay 0)
+            "recompilations": getattr(kernel, "compile_count", 0) - compiled,
         },
     )
 
