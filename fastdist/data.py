@@ -73,9 +73,10 @@ def _synthetic(cfg) -> Dataset:
     if n_train < 1 or n_test < 1:
         raise ConfigError(f"dataset sizes must be positive, got n_train={n_train} n_test={n_test}")
     x, y = make_synthetic(n_train + n_test, int(cfg.n_features), int(cfg.n_classes), int(cfg.seed))
-    return Dataset(
-        "synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], int(cfg.n_classes)
-    )
+    # The test split is copied out so that the big generated block can be freed once the
+    # training rows have moved into shared memory.
+    x_test, y_test = x[n_train:].copy(), y[n_train:].copy()
+    return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes))
 
 
 def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:

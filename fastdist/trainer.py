@@ -103,7 +103,9 @@ def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
     if fraction > 0 and n_val == 0:
         raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
     x, y = dataset.x_train[order], dataset.y_train[order]
-    validation = (x[:n_val], y[:n_val]) if n_val else None
+    # Copies, not views: a view would keep the whole shuffled block alive after the
+    # training rows have moved into shared memory.
+    validation = (x[:n_val].copy(), y[:n_val].copy()) if n_val else None
     x, y = x[n_val:], y[n_val:]
     return PreparedData(dataset, x, y, validation, shard_bounds(len(y), workers))
 
@@ -290,8 +292,11 @@ def train(cfg) -> RunResult:
         # From here on the coordinator reads the training set from the arena too, and
         # drops its private copies: the dataset is held in memory once, not 1 + N times.
         data.x_train, data.y_train = arena["x_train"], arena["y_train"]
+        # (Fresh empty arrays: even a zero-length view would keep its base alive.)
         data.dataset = dataclasses.replace(
-            data.dataset, x_train=data.dataset.x_train[:0], y_train=data.dataset.y_train[:0]
+            data.dataset,
+            x_train=np.empty((0, data.dataset.n_features), np.float32),
+            y_train=np.empty(0, np.int32),
         )
         for row in range(param_rows):
             row_seed = seed + row if combiner.init == "independent" else seed
