@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when the package's metadata changes; the source is installed editable.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,jax,experiments]'
+	$(BIN)/pip install --quiet -e '.[dev,jax,experiments,sweep,mpi]'
 	touch $(STAMP)
 
 install: $(STAMP)
