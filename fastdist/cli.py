@@ -62,6 +62,8 @@ def _run(cfg: DictConfig) -> float:
         # SystemExit passes through Hydra untouched: no "Error executing job" banner
         # and no traceback, just the cause.
         raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
+    if not result.metrics:
+        return float("nan")  # dist=mpi, rank > 0: rank 0 reports for the whole job
     if cfg.get("save_states"):
         from fastdist.states import save_states
 

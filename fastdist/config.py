@@ -85,6 +85,7 @@ class FastdistConfig:
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
+    dist: str = "local"  # "mpi": one node coordinator per MPI rank (mpirun -n R fastdist ...)
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

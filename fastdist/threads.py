@@ -36,15 +36,25 @@ def thread_env(n_threads: int) -> dict[str, str]:
     return env
 
 
+# An MPI launcher's variables: a worker that inherited them and imported mpi4py would
+# join the job as a second copy of its coordinator's rank (seen: a segfault in Open
+# MPI's shared-memory transport). Workers are not MPI processes.
+_LAUNCHER_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PMI_", "I_MPI_")
+
+
 @contextlib.contextmanager
 def environment(extra: dict[str, str]) -> Iterator[None]:
-    """Temporarily set variables; children started inside inherit them.
+    """Temporarily set variables, and hide an MPI launcher's; children started inside
+    inherit exactly that.
 
     ``spawn`` children get the parent's environment at start, so the coordinator sets
     the worker's pin just around ``Process.start`` without touching its own, already
     loaded, libraries.
     """
-    saved = {key: os.environ.get(key) for key in extra}
+    hidden = [key for key in os.environ if key.startswith(_LAUNCHER_PREFIXES)]
+    saved = {key: os.environ.get(key) for key in [*extra, *hidden]}
+    for key in hidden:
+        del os.environ[key]
     os.environ.update(extra)
     try:
         yield

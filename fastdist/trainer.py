@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastdist.barrier import barrier_shape
 from fastdist.checkpoint import config_hash, read_checkpoint
 from fastdist.cleanup import remove_stale_segments
-from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs
+from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs, Sync
 from fastdist.data import Dataset, load_dataset, shard_bounds
 from fastdist.diagnostics import worker_diagnostics
+from fastdist.distributed import NodeCoordinator, gather_rows, node_sync_steps, world
 from fastdist.errors import ConfigError
 from fastdist.evaluate import evaluate
 from fastdist.kernels import get_kernel
@@ -110,12 +112,9 @@ def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
     return PreparedData(dataset, x, y, validation, shard_bounds(len(y), workers))
 
 
-def _check(cfg, n_train: int) -> tuple[int, int, int]:
-    workers, batch = int(cfg.workers), int(cfg.batch_size)
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if batch < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch}")
+def _check(cfg, n_train: int, workers: int) -> tuple[int, int]:
+    """(batch, total steps), once the data are known: a batch must fit in a shard."""
+    batch = int(cfg.batch_size)
     shard = n_train // workers
     if batch > shard:
         raise ConfigError(
@@ -124,22 +123,17 @@ def _check(cfg, n_train: int) -> tuple[int, int, int]:
         )
     steps_per_epoch = shard // batch
     if cfg.get("steps") is not None:
-        total = int(cfg.steps)
-        if total < 1:
-            raise ConfigError(f"steps must be >= 1, got {total}")
-    else:
-        if int(cfg.epochs) < 1:
-            raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
-        total = int(cfg.epochs) * steps_per_epoch
-    return workers, batch, total
+        return batch, int(cfg.steps)
+    return batch, int(cfg.epochs) * steps_per_epoch
 
 
 class _Progress:
     """Receives workers' control messages: thread pools at start, one line per epoch
     once every worker has reported that epoch."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, quiet: bool = False) -> None:
         self.workers = workers
+        self.quiet = quiet
         self.blas_threads: dict[int, list] = {}
         self.cpus: dict[int, list[int]] = {}
         self._pending: dict[int, list[dict]] = {}
@@ -157,6 +151,8 @@ class _Progress:
         if len(reports) < self.workers:
             return
         del self._pending[payload["epoch"]]
+        if self.quiet:
+            return
         seen = sum(r["seen"] for r in reports)
         log.info(
             "epoch %d  loss %.4f  train_acc %.4f  samples/s %.0f",
@@ -259,47 +255,58 @@ def train(cfg) -> RunResult:
         log.warning("removed /dev/shm/%s, left by a run that was killed", name)
     combiner = build_combiner(cfg.combiner)
     fraction = validation_fraction(cfg, combiner)
-    workers = int(cfg.workers)
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    data = prepare_data(cfg, workers, fraction)
-    workers, batch, total_steps = _check(cfg, len(data.y_train))
+    comm = _mpi_world(cfg, combiner)
+    n_nodes, node = (comm.Get_size(), comm.Get_rank()) if comm else (1, 0)
+    workers = int(cfg.workers)  # per node
+    data = prepare_data(cfg, workers * n_nodes, fraction)
+    batch, total_steps = _check(cfg, len(data.y_train), workers * n_nodes)
     optimizer = SGD(**{k: float(v) for k, v in cfg.optimizer.items() if k != "name"})
     layout = model_layout(cfg, data.dataset)
     seed = int(cfg.seed)
     backend = str(cfg.backend.name)
     get_kernel(backend)  # an unknown or uninstalled backend fails here, before spawning
     threads = int(cfg.backend.threads)
-    if threads < 1:
-        raise ConfigError(f"backend.threads must be >= 1, got {threads}")
+
+    # This node's workers are global workers node*W .. node*W + W-1; the arena holds
+    # only their rows (all rows when there is one node).
+    node_shards = data.shards[node * workers : (node + 1) * workers]
+    first = node_shards[0][0]
+    rows = slice(first if comm else 0, node_shards[-1][1] if comm else len(data.y_train))
+    local_shards = tuple((lo - rows.start, hi - rows.start) for lo, hi in node_shards)
 
     digest = config_hash(cfg)
     every, checkpoint_path = _checkpointing(cfg)
     param_rows = 1 if combiner.shares_parameters else workers
     momentum_rows = 1 if combiner.shares_momentum else workers
     arrays = {
-        "x_train": (data.x_train.shape, np.float32),
-        "y_train": (data.y_train.shape, np.int32),
+        "x_train": (data.x_train[rows].shape, np.float32),
+        "y_train": (data.y_train[rows].shape, np.int32),
         "params": ((param_rows, layout.size), np.float32),
         "momentum": ((momentum_rows, layout.size), np.float32),
         "grads": ((workers, layout.size), np.float32),
     }
+    if comm:
+        arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
+        arrays["node_mean"] = ((layout.size,), np.float32)
+        arrays["node_mean_momentum"] = ((layout.size,), np.float32)
     with SharedArena.create(arrays) as arena:
         # The training set is written into the arena once; workers read their shard
         # of it in place.
-        arena["x_train"][:] = data.x_train
-        arena["y_train"][:] = data.y_train
-        # From here on the coordinator reads the training set from the arena too, and
-        # drops its private copies: the dataset is held in memory once, not 1 + N times.
-        data.x_train, data.y_train = arena["x_train"], arena["y_train"]
-        # (Fresh empty arrays: even a zero-length view would keep its base alive.)
-        data.dataset = dataclasses.replace(
-            data.dataset,
-            x_train=np.empty((0, data.dataset.n_features), np.float32),
-            y_train=np.empty(0, np.int32),
-        )
+        arena["x_train"][:] = data.x_train[rows]
+        arena["y_train"][:] = data.y_train[rows]
+        if not comm:
+            # From here on the coordinator reads the training set from the arena too,
+            # and drops its private copies: the dataset is held once, not 1 + N times.
+            # (Fresh empty arrays: even a zero-length view would keep its base alive.)
+            data.x_train, data.y_train = arena["x_train"], arena["y_train"]
+            data.dataset = dataclasses.replace(
+                data.dataset,
+                x_train=np.empty((0, data.dataset.n_features), np.float32),
+                y_train=np.empty(0, np.int32),
+            )
         for row in range(param_rows):
-            row_seed = seed + row if combiner.init == "independent" else seed
+            global_row = node * workers + row
+            row_seed = seed + global_row if combiner.init == "independent" else seed
             init_params(layout, row_seed, out=arena["params"][row])
         start_step = 0
         if cfg.get("resume"):
@@ -315,14 +322,15 @@ def train(cfg) -> RunResult:
                 )
             log.info("resuming from %s at step %d", cfg.resume, start_step)
 
+        average_momentum = bool(combiner.options.get("average_momentum", False))
         spec = WorkerSpec(
             arena=arena.spec,
             sizes=layout.sizes,
             backend=backend,
             sync=combiner.sync,
             period=combiner.period,
-            average_momentum=bool(combiner.options.get("average_momentum", False)),
-            shards=tuple(data.shards),
+            average_momentum=average_momentum,
+            shards=local_shards,
             batch_size=batch,
             total_steps=total_steps,
             optimizer=optimizer,
@@ -333,11 +341,14 @@ def train(cfg) -> RunResult:
             checkpoint_every=every,
             checkpoint_path=checkpoint_path,
             config_hash=digest,
+            hierarchical=comm is not None,
+            rank_offset=node * workers,
         )
         log.info(
-            "training %s on %s: %d workers x batch %d, %d steps, backend %s, model %s",
+            "training %s on %s: %s%d workers x batch %d, %d steps, backend %s, model %s",
             combiner.name,
             data.dataset.name,
+            f"{n_nodes} nodes x " if comm else "",
             workers,
             batch,
             total_steps,
@@ -345,7 +356,7 @@ def train(cfg) -> RunResult:
             "-".join(map(str, layout.sizes)),
         )
         spawned = time.monotonic()
-        progress = _Progress(workers)
+        progress = _Progress(workers, quiet=node != 0)
         pool = WorkerPool(
             workers,
             train_worker,
@@ -355,10 +366,27 @@ def train(cfg) -> RunResult:
             pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
         )
         with pool:
-            done = pool.join(progress)
+            if comm:
+                syncs = node_sync_steps(combiner.sync, combiner.period, start_step, total_steps)
+                coordinator = NodeCoordinator(comm, arena, workers, average_momentum)
+                done = coordinator.run(pool, progress, syncs)
+            else:
+                done = pool.join(progress)
         worker_params = arena["params"].copy()
-
         samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
+        train_seconds = max(d["end"] for d in done.values()) - min(
+            d["start"] for d in done.values()
+        )
+        if comm:
+            if not combiner.shares_parameters:
+                worker_params = gather_rows(comm, worker_params)
+            samples_seen = gather_rows(comm, samples_seen)
+            train_seconds = comm.allreduce(train_seconds, op=_mpi_max())
+            if node != 0:
+                data.x_train = data.y_train = None
+                return RunResult(
+                    {}, arena["params"].copy(), layout, np.zeros(0), fraction, combiner.sync.value
+                )
         # Combined inside the arena's lifetime: data-dependent combiners read the shards
         # from it.
         metrics = combine(
@@ -372,16 +400,15 @@ def train(cfg) -> RunResult:
         )
         data.x_train = data.y_train = None  # drop the views before the arena closes
 
-    start = min(d["start"] for d in done.values())
-    end = max(d["end"] for d in done.values())
     first_step = max(d["first_step_done"] or d["end"] for d in done.values())
-    train_seconds = end - start
     metrics.update(
         {
             "train_seconds": train_seconds,
             "samples_per_second": float(samples_seen.sum()) / max(train_seconds, 1e-12),
             "startup_seconds": first_step - spawned,
-            "workers": workers,
+            "workers": workers * n_nodes,
+            "nodes": n_nodes,
+            "dist": "mpi" if comm else "local",
             "backend": backend,
             "dataset": data.dataset.name,
             "seed": seed,
@@ -408,6 +435,28 @@ def train(cfg) -> RunResult:
         train_seconds,
     )
     return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def _mpi_world(cfg, combiner: Combiner):
+    """MPI.COMM_WORLD under dist=mpi (None for a single machine), with what it cannot do."""
+    dist = str(cfg.get("dist", "local"))
+    if dist == "local":
+        return None
+    if dist != "mpi":
+        raise ConfigError(f"dist must be 'local' or 'mpi', got {dist!r}")
+    if combiner.sync is Sync.ASYNC:
+        raise ConfigError(
+            f"{combiner.name} shares one vector in one machine's memory; use dist=local"
+        )
+    if cfg.checkpoint.every is not None or cfg.get("resume"):
+        raise ConfigError("checkpoint/resume is not supported with dist=mpi yet")
+    return world()
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX
 
 
 def _checkpointing(cfg) -> tuple[int | None, str | None]:

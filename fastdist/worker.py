@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastdist.allreduce import average_rows, slice_bounds
+from fastdist.allreduce import average_rows, mean_rows_into, slice_bounds
+from fastdist.barrier import SpinBarrier
 from fastdist.combiners.base import Sync
 from fastdist.errors import DivergenceError
 from fastdist.model import ParamLayout
@@ -45,6 +46,10 @@ class WorkerSpec:
     checkpoint_every: int | None = None
     checkpoint_path: str | None = None
     config_hash: str = ""
+    # dist=mpi: this node's workers are global workers rank_offset .. rank_offset+W-1,
+    # and every sync goes through the node coordinator (hierarchical allreduce).
+    hierarchical: bool = False
+    rank_offset: int = 0
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -87,6 +92,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     # The part of the vector this worker reduces and updates at every sync point.
     my_lo, my_hi = slice_bounds(layout.size, n_workers, rank)
     opt = spec.optimizer
+    node = _NodeSync(arena, rank) if spec.hierarchical else None
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, layout.n_inputs), dtype=np.float32)
@@ -106,7 +112,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     step = spec.start_step
     epoch, first_batch = divmod(step, steps_per_epoch)
     while step < spec.total_steps:
-        order = epoch_order(spec.seed, rank, epoch, hi - lo)
+        order = epoch_order(spec.seed, spec.rank_offset + rank, epoch, hi - lo)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.monotonic()
         for b in range(first_batch, steps_per_epoch):
@@ -125,7 +131,14 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 # slice k of all slots and updates slice k of the shared parameters
                 # (reduce-scatter fused with a sharded optimizer step).
                 ctx.barrier.wait()
-                opt.step_from_mean(params, momentum, grads, my_lo, my_hi)
+                if node is None:
+                    opt.step_from_mean(params, momentum, grads, my_lo, my_hi)
+                else:
+                    # Across nodes: node mean of the slice, then the coordinator's
+                    # MPI allreduce turns it into the global mean, then the update.
+                    mean_rows_into(grads, node.mean, my_lo, my_hi)
+                    node.allreduce()
+                    opt.step(params, momentum, node.mean, my_lo, my_hi)
                 # Sync point 2: the whole parameter vector is updated before anyone
                 # starts the next forward pass.
                 ctx.barrier.wait()
@@ -135,9 +148,14 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 opt.step(params, momentum, grad)
                 if spec.sync is Sync.PARAMETERS and spec.period and (step + 1) % spec.period == 0:
                     ctx.barrier.wait()  # all rows hold their local step's result
-                    average_rows(param_rows, my_lo, my_hi)
-                    if spec.average_momentum:
-                        average_rows(momentum_rows, my_lo, my_hi)
+                    if node is None:
+                        average_rows(param_rows, my_lo, my_hi)
+                        if spec.average_momentum:
+                            average_rows(momentum_rows, my_lo, my_hi)
+                    else:
+                        node.average_rows(
+                            param_rows, momentum_rows, spec.average_momentum, my_lo, my_hi
+                        )
                     ctx.barrier.wait()  # every row holds the average
             if first_step_done is None:
                 first_step_done = time.monotonic()
@@ -184,3 +202,31 @@ def _checkpoint(ctx, spec: WorkerSpec, param_rows, momentum_rows, step: int) -> 
         from fastdist.checkpoint import write_checkpoint
 
         write_checkpoint(spec.checkpoint_path, params, momentum, step, spec.seed, spec.config_hash)
+
+
+class _NodeSync:
+    """A worker's side of the hierarchical allreduce (dist=mpi).
+
+    The node barrier has one more party than there are workers: the node coordinator.
+    Workers write the node mean of their slice, meet the coordinator (it allreduces the
+    buffer in place across nodes with MPI), and meet it again once the global mean is
+    there.
+    """
+
+    def __init__(self, arena: SharedArena, rank: int) -> None:
+        self.barrier = SpinBarrier(arena["node_barrier"], rank)
+        self.mean = arena["node_mean"]
+        self.mean_momentum = arena["node_mean_momentum"]
+
+    def allreduce(self) -> None:
+        self.barrier.wait()  # the node mean is complete: the coordinator may send it
+        self.barrier.wait()  # the buffers hold the mean over all nodes
+
+    def average_rows(self, param_rows, momentum_rows, with_momentum: bool, lo: int, hi: int):
+        mean_rows_into(param_rows, self.mean, lo, hi)
+        if with_momentum:
+            mean_rows_into(momentum_rows, self.mean_momentum, lo, hi)
+        self.allreduce()
+        param_rows[:, lo:hi] = self.mean[lo:hi]
+        if with_momentum:
+            momentum_rows[:, lo:hi] = self.mean_momentum[lo:hi]

@@ -1,0 +1,96 @@
+"""dist=mpi: one node coordinator per MPI rank, each with its own shared-memory pool.
+
+Synchronisation is hierarchical. Inside a node the workers average their slices in
+shared memory as usual; the node mean then goes through ONE ``MPI.Allreduce`` in place
+on the arena buffer (no copy, no pickle), done by the node coordinator, and every
+worker reads the global mean from shared memory. Data are sharded over ranks x workers
+global workers, each visiting its shard in the order a single machine with the same
+total number of workers would use, so ``grad_avg`` gives the same model either way.
+
+Rank 0 evaluates and writes ``metrics.json``. A failing rank aborts the MPI job, so
+the others never wait forever in a collective.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from fastdist.barrier import SpinBarrier
+from fastdist.combiners.base import Sync
+from fastdist.errors import ConfigError
+
+__all__ = ["world", "node_sync_steps", "NodeCoordinator", "gather_rows"]
+
+_MISSING = "dist=mpi needs mpi4py and an MPI library: pip install 'fastdist[mpi]'"
+
+
+def world():
+    """MPI.COMM_WORLD, or a one-line ConfigError when MPI is not installed."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ConfigError(_MISSING) from None
+    return MPI.COMM_WORLD
+
+
+def node_sync_steps(sync: Sync, period: int | None, start: int, total: int) -> int:
+    """How many cross-node syncs the steps [start, total) contain."""
+    if sync is Sync.GRADIENTS:
+        return total - start
+    if sync is Sync.PARAMETERS and period:
+        return sum(1 for step in range(start, total) if (step + 1) % period == 0)
+    return 0
+
+
+class NodeCoordinator:
+    """The coordinator's part of every cross-node sync, run while the pool trains.
+
+    The pool is supervised from a thread (messages, deaths); the main thread meets the
+    workers at the node barrier and runs the MPI collectives. Whichever fails first
+    aborts both barriers, so nothing is left waiting.
+    """
+
+    def __init__(self, comm, arena, n_workers: int, with_momentum: bool) -> None:
+        self.comm = comm
+        self.barrier = SpinBarrier(arena["node_barrier"], n_workers, spin_seconds=0.0)
+        self.mean = arena["node_mean"]
+        self.mean_momentum = arena["node_mean_momentum"] if with_momentum else None
+        self._scale = np.float32(1.0 / comm.Get_size())
+
+    def run(self, pool, on_message, n_syncs: int) -> dict:
+        from mpi4py import MPI
+
+        outcome: dict = {}
+
+        def supervise() -> None:
+            try:
+                outcome["done"] = pool.join(on_message)
+            except BaseException as exc:  # reported by the main thread
+                outcome["error"] = exc
+                self.barrier.abort()
+
+        monitor = threading.Thread(target=supervise, name="fastdist-supervisor", daemon=True)
+        monitor.start()
+        try:
+            for _ in range(n_syncs):
+                self.barrier.wait()  # the workers' node means are complete
+                for buf in (self.mean, self.mean_momentum):
+                    if buf is not None:
+                        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                        buf *= self._scale
+                self.barrier.wait()  # the global means are in shared memory
+        except threading.BrokenBarrierError:
+            monitor.join()
+            raise outcome["error"] from None
+        monitor.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["done"]
+
+
+def gather_rows(comm, rows: np.ndarray) -> np.ndarray | None:
+    """All ranks' rows stacked in rank order on rank 0 (None elsewhere)."""
+    parts = comm.gather(np.ascontiguousarray(rows), root=0)
+    return None if parts is None else np.concatenate(parts, axis=0)
