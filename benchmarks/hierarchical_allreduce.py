@@ -53,14 +53,14 @@ def main() -> None:
     for n_floats in (1_000_000, 10_000_000):
         flat = np.ones(n_floats, np.float32)
 
-        def flat_allreduce():
+        def flat_allreduce(flat=flat):
             comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
             np.multiply(flat, scale, out=flat)
 
         with AllreducePool(n_floats, workers=args.workers) as pool:
             node_mean = pool.result()
 
-            def hierarchical():
+            def hierarchical(pool=pool, node_mean=node_mean):
                 pool.run()  # node mean in shared memory
                 comm.Allreduce(MPI.IN_PLACE, node_mean, op=MPI.SUM)
                 np.multiply(node_mean, scale, out=node_mean)
