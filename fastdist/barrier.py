@@ -25,6 +25,7 @@ import numpy as np
 __all__ = ["SpinBarrier", "barrier_shape"]
 
 _LINE = 8  # int64 per 64-byte cache line
+_EXCLUDED = 2**62  # a counter value no live party reaches
 
 
 def barrier_shape(n_parties: int) -> tuple[int, int]:
@@ -67,6 +68,11 @@ class SpinBarrier:
                 time.sleep(1e-4)
         if abort_flag[0]:
             raise threading.BrokenBarrierError
+
+    def exclude(self, rank: int) -> None:
+        """Stop waiting for ``rank`` (a dead worker) from now on: its counter jumps
+        past every generation, so ``min`` over the counters ignores it."""
+        self._slots[rank, 0] = _EXCLUDED
 
     def abort(self) -> None:
         """Break this and every future wait (the coordinator calls this on failure)."""

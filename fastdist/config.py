@@ -85,6 +85,11 @@ class FastdistConfig:
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
+    # What a failed worker (exception, exit, signal) does to the run: "fail" stops it
+    # within a second; "continue" lets the others finish (combiners without in-training
+    # sync); "respawn" restarts the workers from the last checkpoint (or from step 0).
+    on_worker_failure: str = "fail"
+    max_respawns: int = 3
     dist: str = "local"  # "mpi": one node coordinator per MPI rank (mpirun -n R fastdist ...)
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING

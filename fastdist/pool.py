@@ -209,10 +209,17 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
-    def join(self, on_message: Callable[[str, int, Any], None] | None = None) -> dict[int, Any]:
+    def join(
+        self,
+        on_message: Callable[[str, int, Any], None] | None = None,
+        tolerate_failures: bool = False,
+    ) -> dict[int, Any]:
         """Relay messages until every worker has sent ``done``; return their payloads.
 
-        Raises :class:`WorkerError` as soon as one worker reports an error or dies.
+        Raises :class:`WorkerError` as soon as one worker reports an error or dies,
+        unless ``tolerate_failures``: then the failed worker is excluded from the
+        barrier, its payload is ``{"failed": cause}``, and the others carry on (an
+        error is still raised if none is left).
         """
         results: dict[int, Any] = {}
         conn_rank = {id(c): r for r, c in enumerate(self._conns)}
@@ -221,17 +228,24 @@ class WorkerPool:
             live = [c for r, c in enumerate(self._conns) if r not in results and not c.closed]
             sentinels = [p.sentinel for r, p in enumerate(self._procs) if r not in results]
             for obj in wait(live + sentinels):
-                if isinstance(obj, Connection):
-                    self._drain(conn_rank[id(obj)], results, on_message)
-                else:
-                    rank = sentinel_rank[obj]
+                rank = conn_rank[id(obj)] if isinstance(obj, Connection) else sentinel_rank[obj]
+                if rank in results:
+                    continue
+                try:
                     self._drain(rank, results, on_message)
-                    if rank not in results:
+                    if not isinstance(obj, Connection) and rank not in results:
                         self._procs[rank].join(_GRACE_SECONDS)
                         raise WorkerError(
                             f"worker {rank} {_describe_exit(self._procs[rank].exitcode)} "
                             "before finishing"
                         )
+                except WorkerError as exc:
+                    if not tolerate_failures:
+                        raise
+                    self.barrier.exclude(rank)
+                    results[rank] = {"failed": str(exc)}
+        if tolerate_failures and all("failed" in r for r in results.values()):
+            raise WorkerError(f"every worker failed; the last: {results[self.n_workers - 1]}")
         return results
 
     def _drain(self, rank: int, results: dict, on_message) -> None:

@@ -21,7 +21,7 @@ from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs, Sync
 from fastdist.data import Dataset, load_dataset, shard_bounds
 from fastdist.diagnostics import worker_diagnostics
 from fastdist.distributed import NodeCoordinator, gather_rows, node_sync_steps, world
-from fastdist.errors import ConfigError
+from fastdist.errors import ConfigError, WorkerError
 from fastdist.evaluate import evaluate
 from fastdist.kernels import get_kernel
 from fastdist.model import ParamLayout, init_params
@@ -255,6 +255,7 @@ def train(cfg) -> RunResult:
         log.warning("removed /dev/shm/%s, left by a run that was killed", name)
     combiner = build_combiner(cfg.combiner)
     fraction = validation_fraction(cfg, combiner)
+    _check_failure_policy(cfg, combiner)
     comm = _mpi_world(cfg, combiner)
     n_nodes, node = (comm.Get_size(), comm.Get_rank()) if comm else (1, 0)
     workers = int(cfg.workers)  # per node
@@ -284,6 +285,7 @@ def train(cfg) -> RunResult:
         "params": ((param_rows, layout.size), np.float32),
         "momentum": ((momentum_rows, layout.size), np.float32),
         "grads": ((workers, layout.size), np.float32),
+        "progress": ((workers, 8), np.int64),  # steps done per worker (one cache line)
     }
     if comm:
         arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
@@ -357,26 +359,64 @@ def train(cfg) -> RunResult:
         )
         spawned = time.monotonic()
         progress = _Progress(workers, quiet=node != 0)
-        pool = WorkerPool(
-            workers,
-            train_worker,
-            (spec,),
-            threads=threads,
-            extra_env=_backend_env(backend, threads, spec.backend_options),
-            pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
-        )
-        with pool:
-            if comm:
-                syncs = node_sync_steps(combiner.sync, combiner.period, start_step, total_steps)
-                coordinator = NodeCoordinator(comm, arena, workers, average_momentum)
-                done = coordinator.run(pool, progress, syncs)
-            else:
-                done = pool.join(progress)
+        policy = str(cfg.get("on_worker_failure", "fail"))
+        initial = (arena["params"].copy(), arena["momentum"].copy(), start_step)
+        failures: list[dict] = []
+        while True:
+            pool = WorkerPool(
+                workers,
+                train_worker,
+                (spec,),
+                threads=threads,
+                extra_env=_backend_env(backend, threads, spec.backend_options),
+                pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
+            )
+            try:
+                with pool:
+                    if comm:
+                        syncs = node_sync_steps(
+                            combiner.sync, combiner.period, spec.start_step, total_steps
+                        )
+                        coordinator = NodeCoordinator(comm, arena, workers, average_momentum)
+                        done = coordinator.run(pool, progress, syncs)
+                    else:
+                        done = pool.join(progress, tolerate_failures=policy == "continue")
+                break
+            except WorkerError as exc:
+                if policy != "respawn" or len(failures) >= int(cfg.max_respawns):
+                    raise
+                at_step = int(arena["progress"][:, 0].max())
+                restart = _restore(arena, checkpoint_path, digest, initial)
+                failures.append(
+                    {"cause": str(exc), "at_step": at_step, "restarted_from_step": restart}
+                )
+                log.warning(
+                    "%s at step %d: restarting every worker from step %d (%d/%d)",
+                    exc,
+                    at_step,
+                    restart,
+                    len(failures),
+                    int(cfg.max_respawns),
+                )
+                spec = dataclasses.replace(spec, start_step=restart)
+                arena["progress"][:, 0] = restart
+                progress = _Progress(workers, quiet=node != 0)
+        for rank, result in done.items():
+            if "failed" in result:  # on_worker_failure=continue
+                steps = int(arena["progress"][rank, 0]) - spec.start_step
+                failures.append(
+                    {
+                        "cause": result["failed"],
+                        "at_step": steps + spec.start_step,
+                        "action": "dropped its shard; the others went on",
+                    }
+                )
+                log.warning("%s; the other workers go on", result["failed"])
+                done[rank] = {"samples": steps * batch, "failed": True}
+        finished = [d for d in done.values() if "failed" not in d]
         worker_params = arena["params"].copy()
         samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
-        train_seconds = max(d["end"] for d in done.values()) - min(
-            d["start"] for d in done.values()
-        )
+        train_seconds = max(d["end"] for d in finished) - min(d["start"] for d in finished)
         if comm:
             if not combiner.shares_parameters:
                 worker_params = gather_rows(comm, worker_params)
@@ -400,7 +440,7 @@ def train(cfg) -> RunResult:
         )
         data.x_train = data.y_train = None  # drop the views before the arena closes
 
-    first_step = max(d["first_step_done"] or d["end"] for d in done.values())
+    first_step = max(d["first_step_done"] or d["end"] for d in finished)
     metrics.update(
         {
             "train_seconds": train_seconds,
@@ -421,9 +461,11 @@ def train(cfg) -> RunResult:
             "deterministic": combiner.deterministic,
             "validation_rows": 0 if data.validation is None else len(data.validation[1]),
             "worker_blas_threads": progress.max_threads,
-            "worker_cpu_affinity": [progress.cpus[r] for r in range(workers)],
+            "worker_cpu_affinity": [progress.cpus.get(r) for r in range(workers)],
             "resumed_from_step": start_step,
-            "recompilations_after_warmup": max(d["recompilations"] for d in done.values()),
+            "recompilations_after_warmup": max(d["recompilations"] for d in finished),
+            "on_worker_failure": policy,
+            "failures": failures,
             "checkpoint": checkpoint_path,
         }
     )
@@ -435,6 +477,38 @@ def train(cfg) -> RunResult:
         train_seconds,
     )
     return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def _restore(arena, checkpoint_path: str | None, digest: str, initial: tuple) -> int:
+    """Put the last checkpoint (or the run's starting state) back into the arena."""
+    import os
+
+    if checkpoint_path and os.path.exists(checkpoint_path):
+        state = read_checkpoint(
+            checkpoint_path, digest, arena["params"].shape, arena["momentum"].shape
+        )
+        arena["params"][:], arena["momentum"][:] = state["params"], state["momentum"]
+        return state["step"]
+    params, momentum, step = initial
+    arena["params"][:], arena["momentum"][:] = params, momentum
+    return step
+
+
+def _check_failure_policy(cfg, combiner: Combiner) -> None:
+    policy = str(cfg.get("on_worker_failure", "fail"))
+    if policy not in ("fail", "continue", "respawn"):
+        raise ConfigError(
+            f"on_worker_failure must be 'fail', 'continue' or 'respawn', got {policy!r}"
+        )
+    if policy == "continue" and combiner.sync not in (Sync.NONE, Sync.ASYNC):
+        raise ConfigError(
+            f"on_worker_failure=continue cannot keep {combiner.name}'s synchronous steps "
+            "going without a worker; use on_worker_failure=respawn"
+        )
+    if policy != "fail" and str(cfg.get("dist", "local")) == "mpi":
+        raise ConfigError("with dist=mpi a failed worker ends the job (on_worker_failure=fail)")
+    if int(cfg.get("max_respawns", 3)) < 0:
+        raise ConfigError(f"max_respawns must be >= 0, got {cfg.max_respawns}")
 
 
 def _mpi_world(cfg, combiner: Combiner):

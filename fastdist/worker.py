@@ -18,6 +18,7 @@ from fastdist.allreduce import average_rows, mean_rows_into, slice_bounds
 from fastdist.barrier import SpinBarrier
 from fastdist.combiners.base import Sync
 from fastdist.errors import DivergenceError
+from fastdist.faults import fault_plan
 from fastdist.model import ParamLayout
 from fastdist.optim import SGD
 from fastdist.shm import ArenaSpec, SharedArena
@@ -93,6 +94,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     my_lo, my_hi = slice_bounds(layout.size, n_workers, rank)
     opt = spec.optimizer
     node = _NodeSync(arena, rank) if spec.hierarchical else None
+    # Steps done, readable by the coordinator even if this process dies.
+    progress = arena["progress"][rank]
+    fault = fault_plan()  # None except in fault-injection tests
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, layout.n_inputs), dtype=np.float32)
@@ -118,6 +122,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
         for b in range(first_batch, steps_per_epoch):
             if step >= spec.total_steps:
                 break
+            if fault is not None:
+                fault.maybe_fire(rank, step)
             idx = order[b * batch : (b + 1) * batch]
             np.take(shard_x, idx, axis=0, out=xb, mode="clip")
             np.take(shard_y, idx, out=yb, mode="clip")
@@ -163,6 +169,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             correct += n_right
             seen += batch
             step += 1
+            progress[0] = step
             if spec.checkpoint_every and step % spec.checkpoint_every == 0:
                 _checkpoint(ctx, spec, param_rows, momentum_rows, step)
         first_batch = 0

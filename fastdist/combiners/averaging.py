@@ -8,7 +8,7 @@ import numpy as np
 from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
 from fastdist.errors import ConfigError
 
-__all__ = ["grad_avg", "weight_avg", "local_sgd", "mean_of_rows"]
+__all__ = ["grad_avg", "weight_avg", "local_sgd", "mean_of_rows", "weighted_mean_of_rows"]
 
 
 def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
@@ -21,7 +21,16 @@ def mean_of_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _average(inputs: FinalizeInputs) -> CombinedModel:
-    return CombinedModel((mean_of_rows(inputs.worker_params),))
+    return CombinedModel((weighted_mean_of_rows(inputs.worker_params, inputs.samples_seen),))
+
+
+def weighted_mean_of_rows(rows: np.ndarray, samples_seen: np.ndarray) -> np.ndarray:
+    """Mean weighted by the samples each worker trained on; the plain mean when they
+    all saw the same number (always, unless a worker failed and the others went on)."""
+    seen = np.asarray(samples_seen, dtype=np.float64)
+    if len(seen) != len(rows) or np.all(seen == seen[0]) or seen.sum() <= 0:
+        return mean_of_rows(rows)
+    return (np.tensordot(seen / seen.sum(), rows.astype(np.float64), axes=1)).astype(np.float32)
 
 
 def grad_avg() -> Combiner:
