@@ -308,8 +308,9 @@ def train(cfg) -> RunResult:
             )
         for row in range(param_rows):
             global_row = node * workers + row
-            row_seed = seed + global_row if combiner.init == "independent" else seed
-            init_params(layout, row_seed, out=arena["params"][row])
+            init_params(
+                layout, init_seed(seed, global_row, combiner.init), out=arena["params"][row]
+            )
         start_step = 0
         if cfg.get("resume"):
             state = read_checkpoint(
@@ -477,6 +478,15 @@ def train(cfg) -> RunResult:
         train_seconds,
     )
     return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def init_seed(seed: int, worker: int, init: str) -> int:
+    """The initialisation seed of a worker: the run's seed when the start is shared;
+    otherwise one derived from (seed, worker), so that no two workers of any two seeds
+    share an initialisation (seed + worker would: worker 1 of seed 0 = worker 0 of 1)."""
+    if init != "independent":
+        return seed
+    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
 
 
 def _restore(arena, checkpoint_path: str | None, digest: str, initial: tuple) -> int:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    check_init,
+    require_shared,
+)
 from fastdist.errors import ConfigError
 
 __all__ = ["grad_avg", "weight_avg", "local_sgd", "mean_of_rows", "weighted_mean_of_rows"]
@@ -33,10 +40,10 @@ def weighted_mean_of_rows(rows: np.ndarray, samples_seen: np.ndarray) -> np.ndar
     return (np.tensordot(seen / seen.sum(), rows.astype(np.float64), axes=1)).astype(np.float32)
 
 
-def grad_avg() -> Combiner:
+def grad_avg(init: str = "shared") -> Combiner:
     """Every step, average the workers' gradients in shared memory; every worker then
     sees the same update. Equals single-process SGD with an N-times larger batch."""
-    return Combiner("grad_avg", Sync.GRADIENTS, _shared_row)
+    return Combiner("grad_avg", Sync.GRADIENTS, _shared_row, init=require_shared(init, "grad_avg"))
 
 
 def weight_avg(init: str = "shared") -> Combiner:

@@ -15,7 +15,14 @@ import numpy as np
 
 from fastdist.model import ParamLayout
 
-__all__ = ["Sync", "Combiner", "CombinedModel", "FinalizeInputs", "check_init"]
+__all__ = [
+    "Sync",
+    "Combiner",
+    "CombinedModel",
+    "FinalizeInputs",
+    "check_init",
+    "require_shared",
+]
 
 
 class Sync(enum.Enum):
@@ -90,4 +97,16 @@ def check_init(init: str) -> str:
 
     if init not in ("shared", "independent"):
         raise ConfigError(f"combiner.init must be 'shared' or 'independent', got {init!r}")
+    return init
+
+
+def require_shared(init: str, name: str) -> str:
+    """For combiners that keep ONE parameter vector: only a shared start makes sense.
+    (They still take the option, so one sweep can set ``combiner.init`` for all.)"""
+    from fastdist.errors import ConfigError
+
+    if check_init(init) != "shared":
+        raise ConfigError(
+            f"{name} trains one shared parameter vector: combiner.init must be shared"
+        )
     return init

@@ -10,7 +10,7 @@ twice. Each worker keeps its own momentum buffer.
 
 from __future__ import annotations
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, require_shared
 
 __all__ = ["hogwild"]
 
@@ -19,5 +19,11 @@ def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
     return CombinedModel((inputs.worker_params[0].copy(),))
 
 
-def hogwild() -> Combiner:
-    return Combiner("hogwild", Sync.ASYNC, _shared_row, deterministic=False)
+def hogwild(init: str = "shared") -> Combiner:
+    return Combiner(
+        "hogwild",
+        Sync.ASYNC,
+        _shared_row,
+        init=require_shared(init, "hogwild"),
+        deterministic=False,
+    )
