@@ -93,9 +93,27 @@ def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
     return Dataset("digits", x_train, y[train], x_test, y[test], 10)
 
 
+def _mnist1d(cfg) -> Dataset:
+    from fastdist.data_sources import load_mnist1d
+
+    return load_mnist1d(cfg)
+
+
+def _local_files(name: str):
+    def load(cfg) -> Dataset:
+        from fastdist.data_sources import load_idx_or_npz
+
+        return load_idx_or_npz(cfg, name)
+
+    return load
+
+
 _LOADERS = {
     "synthetic": _synthetic,
     "digits": lambda cfg: load_digits(float(cfg.test_fraction), int(cfg.split_seed)),
+    "mnist1d": _mnist1d,
+    "mnist": _local_files("mnist"),
+    "fashion_mnist": _local_files("fashion_mnist"),
 }
 
 

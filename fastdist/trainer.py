@@ -238,7 +238,7 @@ def validate(cfg) -> None:
         need(int(data.n_test) >= 1, f"dataset.n_test must be >= 1, got {data.n_test}")
         need(int(data.n_features) >= 1, f"dataset.n_features must be >= 1, got {data.n_features}")
         need(int(data.n_classes) >= 2, f"dataset.n_classes must be >= 2, got {data.n_classes}")
-        need(int(data.seed) >= 0, f"dataset.seed must be >= 0, got {data.seed}")
+    need(int(data.seed) >= 0, f"dataset.seed must be >= 0, got {data.seed}")
     need(
         0.0 < float(data.test_fraction) < 1.0,
         f"dataset.test_fraction must be in (0, 1), got {data.test_fraction}",
