@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from fastdist.config import register_configs
 from fastdist.errors import FastdistError
+from fastdist.launchers import check_sweep_fits
 
 __all__ = ["main", "write_metrics"]
 
@@ -56,6 +57,9 @@ def _run(cfg: DictConfig) -> float:
     from fastdist.trainer import train
 
     out_dir = HydraConfig.get().runtime.output_dir
+    warning = check_sweep_fits(cfg)
+    if warning:
+        log.warning(warning)
     try:
         result = train(cfg)
     except FastdistError as exc:

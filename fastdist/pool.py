@@ -9,6 +9,7 @@ is raised. Nothing waits without a way out.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -118,6 +119,25 @@ def _worker_failure(rank: int, detail: dict) -> FastdistError:
     return WorkerError(f"worker {rank} failed: {detail['message']}")
 
 
+@contextlib.contextmanager
+def _standard_start_method():
+    """Inside a joblib/loky worker (Hydra's joblib launcher) the global start method is
+    "loky", which a spawned child's bootstrap cannot look up ("cannot find context for
+    'loky'"): children record the global method in their preparation data. Present
+    "spawn" while our children start, then put the host's context back."""
+    default = mp.context._default_context
+    method = mp.get_start_method(allow_none=True)
+    if method is None or method in mp.get_all_start_methods():
+        yield
+        return
+    saved = default._actual_context
+    default._actual_context = default.get_context("spawn")
+    try:
+        yield
+    finally:
+        default._actual_context = saved
+
+
 def _cpu_sets(n_workers: int, threads: int) -> list[tuple[int, ...]]:
     """``threads`` CPUs per worker, round-robin over the CPUs this process may use
     (workers share CPUs only when workers x threads exceeds them)."""
@@ -183,7 +203,7 @@ class WorkerPool:
             signal.signal(signal.SIGINT, previous)
 
     def _start_all(self) -> None:
-        with environment(self._env):
+        with environment(self._env), _standard_start_method():
             for rank in range(self.n_workers):
                 recv, send = self._ctx.Pipe(duplex=False)
                 proc = self._ctx.Process(
