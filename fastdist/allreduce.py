@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["mean_rows_into", "average_rows", "slice_bounds", "allreduce_mean"]
+__all__ = ["block_mean", "mean_rows_into", "average_rows", "slice_bounds", "allreduce_mean"]
 
 
 # 0-based loops over block views: see the note in fastdist.optim (vectorisation).
@@ -21,33 +21,41 @@ _BLOCK = 4096
 
 
 @njit(cache=True, nogil=True)
+def block_mean(rows, start, stop, out):
+    """out[:stop - start] = mean of rows[:, start:stop], summed in row order.
+
+    The one reduction loop of the package: the allreduce, parameter averaging and the
+    fused SGD step all call it on blocks small enough to stay in L1.
+    """
+    inv = np.float32(1.0) / np.float32(rows.shape[0])
+    o = out[: stop - start]
+    first = rows[0, start:stop]
+    for i in range(o.shape[0]):
+        o[i] = first[i]
+    for r in range(1, rows.shape[0]):
+        row = rows[r, start:stop]
+        for i in range(o.shape[0]):
+            o[i] += row[i]
+    for i in range(o.shape[0]):
+        o[i] *= inv
+
+
+@njit(cache=True, nogil=True)
 def mean_rows_into(rows, out, lo, hi):
     """out[lo:hi] = mean of rows[:, lo:hi], summed in row order (reproducible)."""
-    n_rows = rows.shape[0]
-    inv = np.float32(1.0) / np.float32(n_rows)
     for start in range(lo, hi, _BLOCK):
         stop = min(start + _BLOCK, hi)
-        o = out[start:stop]
-        first = rows[0, start:stop]
-        for i in range(o.shape[0]):
-            o[i] = first[i]
-        for r in range(1, n_rows):
-            row = rows[r, start:stop]
-            for i in range(o.shape[0]):
-                o[i] += row[i]
-        for i in range(o.shape[0]):
-            o[i] *= inv
+        block_mean(rows, start, stop, out[start:stop])
 
 
 @njit(cache=True, nogil=True)
 def average_rows(rows, lo, hi):
     """Replace columns [lo, hi) of every row by their mean across rows."""
-    n_rows = rows.shape[0]
     acc = np.empty(_BLOCK, np.float32)
     for start in range(lo, hi, _BLOCK):
         stop = min(start + _BLOCK, hi)
-        mean_rows_into(rows[:, start:stop], acc, 0, stop - start)
-        for r in range(n_rows):
+        block_mean(rows, start, stop, acc)
+        for r in range(rows.shape[0]):
             row = rows[r, start:stop]
             for i in range(row.shape[0]):
                 row[i] = acc[i]

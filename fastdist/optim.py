@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from fastdist.allreduce import block_mean
 from fastdist.errors import ConfigError
 
 __all__ = ["SGD", "sgd_update", "sgd_update_from_mean"]
@@ -38,21 +39,13 @@ def sgd_update_from_mean(params, momentum, grads, lr, mu, weight_decay, lo, hi):
     """Same update with g = mean over the rows of ``grads``, summed in row order so the
     result is bitwise reproducible whatever the slice boundaries. Blocked: the mean of a
     block stays in L1 between the reduction and the update."""
-    n_rows = grads.shape[0]
-    inv = np.float32(1.0) / np.float32(n_rows)
     acc = np.empty(_BLOCK, np.float32)
     for start in range(lo, hi, _BLOCK):
         stop = min(start + _BLOCK, hi)
         p, m = params[start:stop], momentum[start:stop]
-        first = grads[0, start:stop]
+        block_mean(grads, start, stop, acc)
         for i in range(p.shape[0]):
-            acc[i] = first[i]
-        for r in range(1, n_rows):
-            row = grads[r, start:stop]
-            for i in range(p.shape[0]):
-                acc[i] += row[i]
-        for i in range(p.shape[0]):
-            v = mu * m[i] + (acc[i] * inv + weight_decay * p[i])
+            v = mu * m[i] + (acc[i] + weight_decay * p[i])
             m[i] = v
             p[i] -= lr * v
 

@@ -51,6 +51,26 @@ def surviving_processes() -> list[tuple[int, str]]:
     return found
 
 
+_SMALL_RUN = {
+    "dataset": "synthetic",
+    "dataset.n_train": "512",
+    "dataset.n_test": "128",
+    "dataset.n_features": "10",
+    "dataset.n_classes": "3",
+    "model.hidden": "[12]",
+    "batch_size": "16",
+    "diagnostics": "false",
+}
+
+
+def small_run(*extra: str) -> list[str]:
+    """Overrides for a run of a few hundred milliseconds (synthetic data, a 10-12-3 MLP),
+    with ``extra`` overrides replacing the defaults they name."""
+    changed = dict(item.split("=", 1) for item in extra)
+    merged = {**_SMALL_RUN, **changed}
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

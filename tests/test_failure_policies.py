@@ -7,23 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import small_run
 
 import fastdist
 from fastdist.errors import ConfigError, WorkerError
 from fastdist.faults import ENV_VAR
 
-TINY = [
-    "dataset=synthetic",
-    "dataset.n_train=512",
-    "dataset.n_test=128",
-    "dataset.n_features=10",
-    "dataset.n_classes=3",
-    "model.hidden=[12]",
-    "batch_size=16",
-    "steps=24",
-    "workers=2",
-    "diagnostics=false",
-]
+TINY = small_run("steps=24", "workers=2")
 
 
 @pytest.mark.parametrize(

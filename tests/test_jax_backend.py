@@ -8,21 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import small_run
 
 import fastdist
 
-TINY = [
-    "dataset=synthetic",
-    "dataset.n_train=512",
-    "dataset.n_test=128",
-    "dataset.n_features=10",
-    "dataset.n_classes=3",
-    "model.hidden=[16,8]",
-    "batch_size=16",
-    "steps=20",
-    "workers=2",
-    "diagnostics=false",
-]
+TINY = small_run("model.hidden=[16,8]", "steps=20", "workers=2")
 
 BLOCK_JAX = """
 import sys

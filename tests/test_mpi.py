@@ -12,20 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import small_run, wait_until
 
-TINY = [
-    "dataset=synthetic",
-    "dataset.n_train=512",
-    "dataset.n_test=128",
-    "dataset.n_features=10",
-    "dataset.n_classes=3",
-    "model.hidden=[12]",
-    "batch_size=16",
-    "steps=20",
-    "diagnostics=false",
-    "save_states=true",
-]
+TINY = small_run("steps=20", "save_states=true")
 BLOCK_MPI = """
 import sys
 class _NoMpi:
@@ -118,7 +107,7 @@ def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, pe
 
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_job(tmp_path):
-    long = [*TINY[:-3], "steps=10000000", "workers=1"]
+    long = small_run("steps=10000000", "workers=1")
     proc = subprocess.Popen(
         mpirun(2, *long, f"hydra.run.dir={tmp_path}/r"),
         stdout=subprocess.PIPE,

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import small_run
 
 import fastdist
 from fastdist.errors import ConfigError, DivergenceError
 
-TINY = [
-    "dataset=synthetic",
-    "dataset.n_train=512",
-    "dataset.n_test=128",
-    "dataset.n_features=10",
-    "dataset.n_classes=3",
-    "model.hidden=[12]",
-    "batch_size=16",
-    "diagnostics=false",
-]
+TINY = small_run()
 
 
 @pytest.mark.parametrize("combiner", ["grad_avg", "local_sgd", "weight_avg", "ensemble"])
