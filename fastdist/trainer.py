@@ -162,6 +162,10 @@ class _Progress:
             seen / max(max(r["seconds"] for r in reports), 1e-9),
         )
 
+    def reset(self) -> None:
+        """Forget partial epochs (the workers restart from a checkpoint)."""
+        self._pending.clear()
+
     @property
     def max_threads(self) -> int:
         """The largest thread pool any worker had loaded (1 when pinning worked)."""
@@ -361,59 +365,9 @@ def train(cfg) -> RunResult:
         spawned = time.monotonic()
         progress = _Progress(workers, quiet=node != 0)
         policy = str(cfg.get("on_worker_failure", "fail"))
-        initial = (arena["params"].copy(), arena["momentum"].copy(), start_step)
-        failures: list[dict] = []
-        while True:
-            pool = WorkerPool(
-                workers,
-                train_worker,
-                (spec,),
-                threads=threads,
-                extra_env=_backend_env(backend, threads, spec.backend_options),
-                pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
-            )
-            try:
-                with pool:
-                    if comm:
-                        syncs = node_sync_steps(
-                            combiner.sync, combiner.period, spec.start_step, total_steps
-                        )
-                        coordinator = NodeCoordinator(comm, arena, workers, average_momentum)
-                        done = coordinator.run(pool, progress, syncs)
-                    else:
-                        done = pool.join(progress, tolerate_failures=policy == "continue")
-                break
-            except WorkerError as exc:
-                if policy != "respawn" or len(failures) >= int(cfg.max_respawns):
-                    raise
-                at_step = int(arena["progress"][:, 0].max())
-                restart = _restore(arena, checkpoint_path, digest, initial)
-                failures.append(
-                    {"cause": str(exc), "at_step": at_step, "restarted_from_step": restart}
-                )
-                log.warning(
-                    "%s at step %d: restarting every worker from step %d (%d/%d)",
-                    exc,
-                    at_step,
-                    restart,
-                    len(failures),
-                    int(cfg.max_respawns),
-                )
-                spec = dataclasses.replace(spec, start_step=restart)
-                arena["progress"][:, 0] = restart
-                progress = _Progress(workers, quiet=node != 0)
-        for rank, result in done.items():
-            if "failed" in result:  # on_worker_failure=continue
-                steps = int(arena["progress"][rank, 0]) - spec.start_step
-                failures.append(
-                    {
-                        "cause": result["failed"],
-                        "at_step": steps + spec.start_step,
-                        "action": "dropped its shard; the others went on",
-                    }
-                )
-                log.warning("%s; the other workers go on", result["failed"])
-                done[rank] = {"samples": steps * batch, "failed": True}
+        done, spec, failures = _run_workers(
+            cfg, arena, spec, progress, comm, combiner, checkpoint_path, digest
+        )
         finished = [d for d in done.values() if "failed" not in d]
         worker_params = arena["params"].copy()
         samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
@@ -478,6 +432,68 @@ def train(cfg) -> RunResult:
         train_seconds,
     )
     return RunResult(metrics, worker_params, layout, samples_seen, fraction, combiner.sync.value)
+
+
+def _run_workers(cfg, arena, spec: WorkerSpec, progress, comm, combiner, checkpoint_path, digest):
+    """Start the pool and supervise it to the end, applying ``on_worker_failure``.
+
+    Returns the workers' final reports, the spec of the last attempt (its start step
+    moves when workers are respawned from a checkpoint) and the failure events.
+    """
+    workers, threads = len(spec.shards), spec.threads
+    policy = str(cfg.get("on_worker_failure", "fail"))
+    initial = (arena["params"].copy(), arena["momentum"].copy(), spec.start_step)
+    failures: list[dict] = []
+    while True:
+        pool = WorkerPool(
+            workers,
+            train_worker,
+            (spec,),
+            threads=threads,
+            extra_env=_backend_env(spec.backend, threads, spec.backend_options),
+            pin_cpus=bool(cfg.backend.get("pin_cpus", False)),
+        )
+        try:
+            with pool:
+                if comm:
+                    syncs = node_sync_steps(
+                        spec.sync, spec.period, spec.start_step, spec.total_steps
+                    )
+                    coordinator = NodeCoordinator(comm, arena, workers, spec.average_momentum)
+                    done = coordinator.run(pool, progress, syncs)
+                else:
+                    done = pool.join(progress, tolerate_failures=policy == "continue")
+            break
+        except WorkerError as exc:
+            if policy != "respawn" or len(failures) >= int(cfg.max_respawns):
+                raise
+            at_step = int(arena["progress"][:, 0].max())
+            restart = _restore(arena, checkpoint_path, digest, initial)
+            failures.append({"cause": str(exc), "at_step": at_step, "restarted_from_step": restart})
+            log.warning(
+                "%s at step %d: restarting every worker from step %d (%d/%d)",
+                exc,
+                at_step,
+                restart,
+                len(failures),
+                int(cfg.max_respawns),
+            )
+            spec = dataclasses.replace(spec, start_step=restart)
+            arena["progress"][:, 0] = restart
+            progress.reset()
+    for rank, result in done.items():
+        if "failed" in result:  # on_worker_failure=continue
+            steps = int(arena["progress"][rank, 0]) - spec.start_step
+            failures.append(
+                {
+                    "cause": result["failed"],
+                    "at_step": steps + spec.start_step,
+                    "action": "dropped its shard; the others went on",
+                }
+            )
+            log.warning("%s; the other workers go on", result["failed"])
+            done[rank] = {"samples": steps * spec.batch_size, "failed": True}
+    return done, spec, failures
 
 
 def init_seed(seed: int, worker: int, init: str) -> int:
