@@ -32,11 +32,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+BENCH := $(BIN)/python -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only
+
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-autosave -p no:randomly
+	$(BENCH) --benchmark-autosave
 
 bench-compare: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25%
+	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:25%
 
 clean:
 	rm -rf $(VENV) outputs multirun .benchmarks
