@@ -2,13 +2,24 @@
 
 Each worker's parameters are weighted, element by element, by that worker's diagonal
 Fisher information: a parameter the worker's predictions depend on strongly counts
-more than one they barely use. The Fisher is estimated on the worker's own training
-shard as the mean squared per-example gradient of log p(y | x), with y sampled from the
-model's own predictive distribution (the true Fisher, as in the paper, rather than the
-"empirical" one that uses the labels).
+more than one it barely uses. The Fisher is estimated on the worker's own training
+shard as the mean over ``n_samples`` random rows of the squared per-example gradient of
+``log p(y | x)``. Which ``y``:
+
+* ``"sampled"`` (default): one ``y ~ p(. | x)`` per row, drawn from the model's own
+  predictive distribution: an unbiased estimate of the true Fisher, as in the paper.
+* ``"expected"``: the exact expectation over ``y ~ p(. | x)``, one backward pass per
+  class (what the paper's reference implementation computes for classifiers).
+* ``"true"``: the shard's labels: the "empirical Fisher", a different quantity.
+
+Per-example gradients are computed for all rows at once: the MLP forward/backward of
+``fastdist.kernels.reference``, in float64, with the squared per-example weight gradient
+``outer(h_i, delta_i) ** 2 = outer(h_i ** 2, delta_i ** 2)`` summed as one matmul.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,57 +27,138 @@ from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Syn
 from fastdist.errors import ConfigError
 from fastdist.model import ParamLayout
 
-__all__ = ["diagonal_fisher", "fisher_avg"]
+__all__ = ["LABELS", "diagonal_fisher", "fisher_avg"]
+
+LABELS = ("sampled", "expected", "true")
+_CHUNK = 1024  # rows per forward/backward, to bound the activations' memory
+
+
+def _forward(layout: ParamLayout, params: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+    """The input of every layer, then the logits (as the reference kernel, in float64)."""
+    hidden = [x]
+    h = x
+    for layer in range(layout.n_layers):
+        h = h @ layout.weight(params, layer) + layout.bias(params, layer)
+        if layer < layout.n_layers - 1:
+            h = np.maximum(h, 0.0)
+        hidden.append(h)
+    return hidden
+
+
+def _add_squared_grads(
+    layout: ParamLayout,
+    params: np.ndarray,
+    hidden: list[np.ndarray],
+    dlogits: np.ndarray,
+    weights: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``out += sum_i weights[i] * g_i ** 2``, where ``g_i`` is the gradient of example
+    ``i`` whose gradient with respect to its logits is ``dlogits[i]``."""
+    delta = dlogits
+    for layer in reversed(range(layout.n_layers)):
+        h = hidden[layer]
+        d2 = delta * delta
+        layout.weight(out, layer)[:] += (h * h * weights[:, None]).T @ d2
+        layout.bias(out, layer)[:] += weights @ d2
+        if layer > 0:
+            delta = (delta @ layout.weight(params, layer).T) * (h > 0)
 
 
 def diagonal_fisher(
     layout: ParamLayout,
     flat: np.ndarray,
     x: np.ndarray,
+    y: np.ndarray | None = None,
     n_samples: int = 256,
     seed: int = 0,
+    labels: str = "sampled",
 ) -> np.ndarray:
-    """Mean over ``n_samples`` rows of ``x`` of the squared gradient of log p(y|x),
-    y ~ p(.|x); float64, shape (P,)."""
-    from fastdist.kernels.numba_mlp import NumbaKernel
-
+    """The diagonal Fisher of the model ``flat`` at ``min(n_samples, len(x))`` rows of
+    ``x`` drawn without replacement: the mean squared per-example gradient of
+    ``log p(y | x)``, float64, shape ``(P,)``. ``labels`` picks ``y`` (module docstring);
+    ``y`` is read only for ``labels="true"``. Reproducible for a given ``seed``."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if labels == "true" and (y is None or len(y) != len(x)):
+        raise ValueError("labels='true' needs one label per row of x")
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(x), size=min(n_samples, len(x)), replace=False)
-    kernel = NumbaKernel(layout, max_batch=max(1, len(rows)))
-    params = np.ascontiguousarray(flat, dtype=np.float32)
-    logits = np.empty((len(rows), layout.n_classes), dtype=np.float32)
-    xs = np.ascontiguousarray(x[rows], dtype=np.float32)
-    kernel.predict_logits(params, xs, logits)
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    sampled = np.array([rng.choice(layout.n_classes, p=p) for p in probs], dtype=np.int32)
+    rows = np.sort(rng.choice(len(x), size=min(n_samples, len(x)), replace=False))
+    draws = rng.random(len(rows)) if labels == "sampled" else None
+    params = np.asarray(flat, dtype=np.float64)
+    n_classes = layout.n_classes
     fisher = np.zeros(layout.size, dtype=np.float64)
-    grad = np.empty(layout.size, dtype=np.float32)
-    for i in range(len(rows)):
-        # batch of one: the kernel's mean-loss gradient is the per-example gradient
-        kernel.loss_and_grad(params, xs[i : i + 1], sampled[i : i + 1], grad)
-        fisher += grad.astype(np.float64) ** 2
+    for start in range(0, len(rows), _CHUNK):
+        idx = rows[start : start + _CHUNK]
+        hidden = _forward(layout, params, np.asarray(x[idx], dtype=np.float64))
+        logits = hidden[-1]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        # d(-log p(y|x)) / d logits = p - onehot(y); its square equals that of d log p.
+        if labels == "expected":
+            for c in range(n_classes):
+                dlogits = probs.copy()
+                dlogits[:, c] -= 1.0
+                _add_squared_grads(layout, params, hidden, dlogits, probs[:, c], fisher)
+            continue
+        if labels == "sampled":
+            below = np.cumsum(probs, axis=1) <= draws[start : start + _CHUNK, None]
+            target = np.minimum(below.sum(axis=1), n_classes - 1)  # first cdf > u
+        else:
+            target = np.asarray(y[idx], dtype=np.int64)
+            if target.size and (target.min() < 0 or target.max() >= n_classes):
+                raise ValueError(f"labels must lie in [0, {n_classes}), got {target}")
+        dlogits = probs.copy()
+        dlogits[np.arange(len(idx)), target] -= 1.0
+        _add_squared_grads(layout, params, hidden, dlogits, np.ones(len(idx)), fisher)
     return fisher / max(len(rows), 1)
 
 
-def fisher_avg(n_samples: int = 256, epsilon: float = 1e-8, init: str = "shared") -> Combiner:
-    """theta = sum_k (F_k + eps) theta_k / sum_k (F_k + eps), elementwise; where every
-    worker's Fisher is zero the plain mean remains."""
-    if n_samples < 1:
-        raise ConfigError(f"combiner.n_samples must be >= 1, got {n_samples}")
-    if not epsilon > 0:
-        raise ConfigError(f"combiner.epsilon must be > 0, got {epsilon}")
+def _model_weights(samples_seen: np.ndarray, n_rows: int) -> np.ndarray:
+    """Per-worker scalar weights (the paper's lambda_k): proportional to the samples each
+    worker trained on, as in ``weight_avg``; all ones when they all saw the same number."""
+    seen = np.asarray(samples_seen, dtype=np.float64)
+    if len(seen) != n_rows or np.all(seen == seen[0]) or seen.sum() <= 0:
+        return np.ones(n_rows)
+    return seen / seen.mean()
+
+
+def fisher_avg(
+    n_samples: int = 256, epsilon: float = 1e-8, init: str = "shared", labels: str = "sampled"
+) -> Combiner:
+    """theta = sum_k (F_k + eps) theta_k / sum_k (F_k + eps), elementwise, with each
+    worker's diagonal Fisher ``F_k`` estimated on its own shard; where every worker's
+    Fisher is (near) zero the plain mean remains. If a worker failed and the others went
+    on, each worker's term is also scaled by the samples it trained on (as ``weight_avg``)."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ConfigError(f"combiner.n_samples must be an integer >= 1, got {n_samples!r}")
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, int | float)
+        or not math.isfinite(epsilon)
+        or epsilon <= 0
+    ):
+        raise ConfigError(f"combiner.epsilon must be a finite number > 0, got {epsilon!r}")
+    if labels not in LABELS:
+        raise ConfigError(f"combiner.labels must be one of {', '.join(LABELS)}, got {labels!r}")
+    init = check_init(init)
 
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
-        rows = inputs.worker_params
+        rows, layout = inputs.worker_params, inputs.layout
         if len(inputs.shards) != len(rows):
             raise ConfigError("fisher_avg needs each worker's training shard")
-        num = np.zeros(inputs.layout.size, dtype=np.float64)
-        den = np.zeros(inputs.layout.size, dtype=np.float64)
-        for k, (row, (x, _)) in enumerate(zip(rows, inputs.shards)):
-            weight = diagonal_fisher(inputs.layout, row, x, n_samples, inputs.seed + k) + epsilon
+        scale = _model_weights(inputs.samples_seen, len(rows))
+        num = np.zeros(layout.size, dtype=np.float64)
+        den = np.zeros(layout.size, dtype=np.float64)
+        for k, (row, (x, y)) in enumerate(zip(rows, inputs.shards)):
+            if scale[k] == 0:
+                continue  # a worker that failed before its first step
+            fisher = diagonal_fisher(layout, row, x, y, n_samples, inputs.seed + k, labels)
+            weight = scale[k] * (fisher + epsilon)
             num += weight * row
             den += weight
         return CombinedModel(((num / den).astype(np.float32),))
 
-    return Combiner("fisher_avg", Sync.NONE, finalize, init=check_init(init))
+    return Combiner("fisher_avg", Sync.NONE, finalize, init=init)
