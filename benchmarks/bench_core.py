@@ -14,14 +14,13 @@ import pytest
 
 import fastdist
 from benchmarks.harness import W1, W2, AllreducePool, batch_for
-from fastdist.kernels.numba_mlp import NumbaKernel
-from fastdist.kernels.reference import ReferenceKernel
-from fastdist.model import init_params
+from fastdist.models.kernels.numba_mlp import NumbaKernel
+from fastdist.models.kernels.reference_mlp import ReferenceKernel
 
 
 def _jax_kernel(layout, batch):
     pytest.importorskip("jax")
-    from fastdist.kernels.jax_mlp import JaxKernel
+    from fastdist.models.kernels.jax_mlp import JaxKernel
 
     return JaxKernel(layout, batch)
 
@@ -46,7 +45,7 @@ def test_step_kernel(benchmark, workload, make_kernel):
     """One forward+backward on one worker's batch, on one core."""
     benchmark.group = f"kernel-{'W1' if workload is W1 else 'W2'}"
     layout, x, y = batch_for(workload)
-    params = init_params(layout, 0)
+    params = layout.init(0)
     grad = np.empty_like(params)
     with _one_cpu():
         kernel = make_kernel(layout, workload["batch"])

@@ -1,5 +1,5 @@
 """Benchmarks run single-threaded math unless a benchmark says otherwise: the pin must
-be in the environment before NumPy/SciPy load their BLAS (see fastdist.threads)."""
+be in the environment before NumPy/SciPy load their BLAS (see fastdist.engine.threads)."""
 
 import os
 

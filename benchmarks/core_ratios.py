@@ -22,9 +22,8 @@ import numpy as np  # noqa: E402
 
 import fastdist  # noqa: E402
 from benchmarks.harness import W1, AllreducePool, batch_for  # noqa: E402
-from fastdist.kernels.numba_mlp import NumbaKernel  # noqa: E402
-from fastdist.kernels.reference import ReferenceKernel  # noqa: E402
-from fastdist.model import init_params  # noqa: E402
+from fastdist.models.kernels.numba_mlp import NumbaKernel  # noqa: E402
+from fastdist.models.kernels.reference_mlp import ReferenceKernel  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -48,7 +47,7 @@ def interleaved(a, b, rounds: int, repeats: int) -> tuple[float, float]:
 
 def kernel_ratio() -> dict:
     layout, x, y = batch_for(W1)
-    params = init_params(layout, 0)
+    params = layout.init(0)
     grad = np.empty_like(params)
     numba_k, numpy_k = NumbaKernel(layout, W1["batch"]), ReferenceKernel(layout, W1["batch"])
     t_numba, t_numpy = interleaved(

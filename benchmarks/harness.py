@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastdist.allreduce import allreduce_mean
-from fastdist.barrier import SpinBarrier, barrier_shape
-from fastdist.model import ParamLayout
-from fastdist.pool import WorkerPool
-from fastdist.shm import SharedArena
+from fastdist.engine.allreduce import allreduce_mean
+from fastdist.engine.barrier import SpinBarrier, barrier_shape
+from fastdist.engine.pool import WorkerPool
+from fastdist.engine.shm import SharedArena
+from fastdist.models.mlp import MLP
 
 W1 = {"sizes": (784, 1024, 1024, 10), "batch": 256}
 W2 = {"sizes": (64, 256, 256, 10), "batch": 64}
 
 
 def batch_for(workload: dict, seed: int = 0):
-    layout = ParamLayout(workload["sizes"])
+    layout = MLP(workload["sizes"])
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((workload["batch"], layout.n_inputs)).astype(np.float32)
     y = rng.integers(0, layout.n_classes, workload["batch"]).astype(np.int32)

@@ -1,6 +1,6 @@
 """Same as the `fastdist-summarize` console script: `python experiments/summarize.py DIR`."""
 
-from fastdist.summarize import main
+from fastdist.cli.summarize import main
 
 if __name__ == "__main__":
     main()

@@ -1,39 +1,61 @@
 """fastdist: data-parallel neural-network training on shared memory.
 
-Public API; everything else is an implementation detail and may change.
+Public API; everything else is an implementation detail and may change. Names are
+imported on first use, so ``import fastdist`` (and every worker process) stays cheap.
 """
 
-from fastdist.combiners import REGISTRY as COMBINERS
-from fastdist.combiners import CombinedModel, Combiner, FinalizeInputs, Sync
-from fastdist.config import compose
-from fastdist.data import Dataset, load_dataset, make_synthetic
-from fastdist.errors import ConfigError, DivergenceError, FastdistError, WorkerError
-from fastdist.evaluate import evaluate, predict_proba
-from fastdist.model import ParamLayout, init_params
-from fastdist.shm import SharedArena
-from fastdist.trainer import RunResult, train
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "COMBINERS",
-    "CombinedModel",
-    "Combiner",
-    "ConfigError",
-    "Dataset",
-    "DivergenceError",
-    "FastdistError",
-    "FinalizeInputs",
-    "ParamLayout",
-    "RunResult",
-    "SharedArena",
-    "Sync",
-    "WorkerError",
-    "compose",
-    "evaluate",
-    "init_params",
-    "load_dataset",
-    "make_synthetic",
-    "predict_proba",
-    "train",
-]
+from fastdist._version import __version__
+
+_PUBLIC = {
+    # running
+    "train": "fastdist.run.coordinator",
+    "RunResult": "fastdist.run.coordinator",
+    "compose": "fastdist.run.config",
+    "FastdistConfig": "fastdist.run.config",
+    # records and what they exchange
+    "Model": "fastdist.models.base",
+    "FlatLayout": "fastdist.models.base",
+    "PermutationSpec": "fastdist.models.base",
+    "MLP": "fastdist.models.mlp",
+    "Optimizer": "fastdist.optim.base",
+    "SGD": "fastdist.optim.sgd",
+    "Combiner": "fastdist.combiners.base",
+    "CombinedModel": "fastdist.combiners.base",
+    "FinalizeInputs": "fastdist.combiners.base",
+    "Sync": "fastdist.combiners.base",
+    "SyncSchedule": "fastdist.combiners.base",
+    "evaluate": "fastdist.combiners.evaluate",
+    "predict_proba": "fastdist.combiners.evaluate",
+    # data and memory
+    "Dataset": "fastdist.data.base",
+    "load_dataset": "fastdist.data.datasets",
+    "make_synthetic": "fastdist.data.datasets",
+    "SharedArena": "fastdist.engine.shm",
+    # errors
+    "FastdistError": "fastdist.errors",
+    "ConfigError": "fastdist.errors",
+    "WorkerError": "fastdist.errors",
+    "DivergenceError": "fastdist.errors",
+}
+
+__all__ = ["COMBINERS", "__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str):
+    if name == "COMBINERS":
+        from fastdist.conf import registered
+
+        return registered("combiner")
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastdist' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

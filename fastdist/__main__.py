@@ -1,3 +1,3 @@
-from fastdist.cli import main
+from fastdist.cli.main import main
 
 main()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fastdist.shm import list_segments
+from fastdist.engine.shm import list_segments
 
 TOKEN_VAR = "FASTDIST_TEST_TOKEN"
 # Every process started from the test session (workers, CLI subprocesses and their
@@ -75,7 +75,7 @@ def _someone_elses(segment: str) -> bool:
     """A segment created by a live process outside this test session (another run on
     the same machine), which this session must neither blame nor touch. Segments of
     dead owners count as ours: the check stays conservative."""
-    from fastdist.cleanup import owner_pid
+    from fastdist.engine.cleanup import owner_pid
 
     pid = owner_pid(segment)
     if pid is None or pid == os.getpid():

@@ -8,15 +8,17 @@ import pytest
 import fastdist
 from fastdist.combiners import FinalizeInputs, Sync, aligned_avg, fisher_avg, weight_avg
 from fastdist.combiners import fisher as fisher_module
-from fastdist.combiners.alignment import permute_hidden, weight_matching
+from fastdist.combiners.alignment import permute, weight_matching
 from fastdist.combiners.fisher import diagonal_fisher
 from fastdist.errors import ConfigError
-from fastdist.kernels.reference import forward_logits, loss_and_grad
-from fastdist.model import ParamLayout, init_params
-from fastdist.trainer import build_combiner, combine, prepare_data
+from fastdist.models.kernels.reference_mlp import forward_logits, loss_and_grad
+from fastdist.models.mlp import MLP
+from fastdist.run.combine import combine
+from fastdist.run.preparation import prepare_data
+from fastdist.run.records import build_combiner
 
-LAYOUT = ParamLayout((7, 16, 12, 9, 4))  # three hidden layers
-TINY = ParamLayout((5, 6, 3))
+LAYOUT = MLP((7, 16, 12, 9, 4))  # three hidden layers
+TINY = MLP((5, 6, 3))
 
 
 def _random_perms(layout, seed):
@@ -26,7 +28,7 @@ def _random_perms(layout, seed):
 
 def _network(seed, layout=LAYOUT):
     """He-uniform weights plus noise, so biases are non-zero too."""
-    flat = init_params(layout, seed)
+    flat = layout.init(seed)
     flat += 0.1 * np.random.default_rng(seed).standard_normal(layout.size).astype(np.float32)
     return flat
 
@@ -42,7 +44,7 @@ def _inputs(rows, shards=(), samples=None, layout=LAYOUT, seed=0):
 def test_permuting_hidden_units_keeps_the_function():
     theta = _network(0)
     perms = _random_perms(LAYOUT, 1)
-    permuted = permute_hidden(LAYOUT, theta, perms)
+    permuted = permute(LAYOUT, theta, perms)
     assert not np.array_equal(permuted, theta)
     assert np.array_equal(np.sort(permuted), np.sort(theta))  # the same numbers, moved
     x = np.random.default_rng(2).standard_normal((20, 7)).astype(np.float32)
@@ -50,31 +52,31 @@ def test_permuting_hidden_units_keeps_the_function():
         forward_logits(LAYOUT, permuted, x), forward_logits(LAYOUT, theta, x), rtol=1e-5, atol=1e-5
     )
     inverse = [np.argsort(p) for p in perms]
-    np.testing.assert_array_equal(permute_hidden(LAYOUT, permuted, inverse), theta)
+    np.testing.assert_array_equal(permute(LAYOUT, permuted, inverse), theta)
 
 
-def test_permute_hidden_rejects_what_is_not_a_permutation():
+def test_permute_rejects_what_is_not_a_permutation():
     theta = _network(0)
     perms = _random_perms(LAYOUT, 1)
     with pytest.raises(ValueError, match="need 3 permutations"):
-        permute_hidden(LAYOUT, theta, perms[:2])
+        permute(LAYOUT, theta, perms[:2])
     with pytest.raises(ValueError, match="perms\\[1\\]"):
-        permute_hidden(LAYOUT, theta, [perms[0], np.zeros(12, int), perms[2]])
+        permute(LAYOUT, theta, [perms[0], np.zeros(12, int), perms[2]])
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_weight_matching_recovers_a_permuted_copy_exactly(seed):
     theta = _network(seed)
-    permuted = permute_hidden(LAYOUT, theta, _random_perms(LAYOUT, seed + 10))
+    permuted = permute(LAYOUT, theta, _random_perms(LAYOUT, seed + 10))
     perms = weight_matching(LAYOUT, theta, permuted, seed=seed)
-    np.testing.assert_array_equal(permute_hidden(LAYOUT, permuted, perms), theta)
+    np.testing.assert_array_equal(permute(LAYOUT, permuted, perms), theta)
 
 
 def test_weight_matching_undoes_the_permutation_of_a_noisy_copy():
     theta = _network(3)
     true_perms = _random_perms(LAYOUT, 4)
     noisy = theta + 0.02 * np.random.default_rng(5).standard_normal(LAYOUT.size).astype(np.float32)
-    perms = weight_matching(LAYOUT, theta, permute_hidden(LAYOUT, noisy, true_perms))
+    perms = weight_matching(LAYOUT, theta, permute(LAYOUT, noisy, true_perms))
     # aligned unit a is permuted unit perms[a], i.e. original unit true_perms[perms[a]]
     for found, applied in zip(perms, true_perms):
         np.testing.assert_array_equal(applied[found], np.arange(len(found)))
@@ -84,12 +86,12 @@ def test_already_aligned_networks_get_identity_permutations():
     theta = _network(7)
     perms = weight_matching(LAYOUT, theta, theta.copy())
     assert all(np.array_equal(p, np.arange(len(p))) for p in perms)
-    assert weight_matching(ParamLayout((3, 2)), np.zeros(8), np.zeros(8)) == []  # no hidden
+    assert weight_matching(MLP((3, 2)), np.zeros(8), np.zeros(8)) == []  # no hidden
 
 
 def test_aligned_avg_of_a_network_and_its_permuted_copy_is_the_network():
     theta = _network(5)
-    permuted = permute_hidden(LAYOUT, theta, _random_perms(LAYOUT, 6))
+    permuted = permute(LAYOUT, theta, _random_perms(LAYOUT, 6))
     combiner = aligned_avg()
     assert (combiner.name, combiner.sync) == ("aligned_avg", Sync.NONE)
     assert combiner.init == "independent"
@@ -144,7 +146,7 @@ def _per_example_sq_grad(layout, theta, x, label):
 def tiny_data():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((30, 5)).astype(np.float32)
-    return init_params(TINY, 3), x, rng.integers(0, 3, 30)
+    return TINY.init(3), x, rng.integers(0, 3, 30)
 
 
 def test_sampled_fisher_matches_a_brute_force_computation(tiny_data):
@@ -268,7 +270,7 @@ def test_on_independently_initialised_workers_alignment_beats_plain_averaging():
     data = prepare_data(cfg, 3, 0.0)
     scores = {
         combiner.name: combine(
-            combiner, run.worker_params, run.layout, data, run.samples_seen, 0, diagnostics=False
+            combiner, run.worker_params, run.model, data, run.samples_seen, 0, diagnostics=False
         )["test_accuracy"]
         for combiner in (weight_avg(init="independent"), fisher_avg(labels="expected"))
     }

@@ -10,7 +10,7 @@ import sys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastdist.cli import main
+from fastdist.cli.main import main
 
 KNOWN_COMBINERS = {
     "grad_avg",

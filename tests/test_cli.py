@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_until
 
-from fastdist.shm import list_segments
+from fastdist.engine.shm import list_segments
 
 TINY = [
     "dataset=synthetic",
@@ -219,7 +219,7 @@ def test_a_killed_coordinator_leaves_a_segment_that_the_next_run_removes(tmp_pat
     leftover = {n for n in before if n.startswith(f"fastdist-{run.proc.pid}-")}
     assert leftover and leftover <= set(list_segments())
 
-    from fastdist.shm import SharedArena
+    from fastdist.engine.shm import SharedArena
 
     with SharedArena.create({"a": ((4,), "float32")}) as live:  # a live run's segment
         script = Path(sys.executable).with_name("fastdist-clean")

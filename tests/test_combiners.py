@@ -13,7 +13,7 @@ import pytest
 import fastdist
 from fastdist.combiners import REGISTRY, FinalizeInputs, soup_greedy
 from fastdist.combiners.soups import greedy_soup_members
-from fastdist.model import ParamLayout, init_params
+from fastdist.models.mlp import MLP
 
 TINY = [
     "dataset=synthetic",
@@ -125,16 +125,16 @@ def test_hogwild_trains_and_says_it_is_not_deterministic():
 
 
 def _soup_inputs(rows, validation):
-    layout = ParamLayout((4, 6, 3))
+    layout = MLP((4, 6, 3))
     return FinalizeInputs(np.stack(rows), layout, np.ones(len(rows)), (), validation)
 
 
 def test_greedy_soup_keeps_a_model_only_if_validation_accuracy_does_not_drop():
-    layout = ParamLayout((4, 6, 3))
+    layout = MLP((4, 6, 3))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 4)).astype(np.float32)
-    good = init_params(layout, 1)
-    from fastdist.kernels.reference import forward_logits
+    good = layout.init(1)
+    from fastdist.models.kernels.reference_mlp import forward_logits
 
     y = forward_logits(layout, good, x).argmax(axis=1).astype(np.int32)  # good is perfect
     garbage = (100 * rng.standard_normal(layout.size)).astype(np.float32)
@@ -148,12 +148,12 @@ def test_greedy_soup_keeps_a_model_only_if_validation_accuracy_does_not_drop():
 def test_greedy_soup_only_ever_sees_the_validation_split(monkeypatch):
     """The finalize inputs carry no test data; and every evaluation it makes is on the
     validation arrays (checked by identity)."""
-    layout = ParamLayout((4, 6, 3))
+    layout = MLP((4, 6, 3))
     rng = np.random.default_rng(1)
     x_val = rng.standard_normal((50, 4)).astype(np.float32)
     y_val = rng.integers(0, 3, 50).astype(np.int32)
     seen = []
-    ev = sys.modules["fastdist.evaluate"]  # the module (fastdist.evaluate is the function)
+    ev = sys.modules["fastdist.combiners.soups"]  # where soup_greedy looks evaluate up
     real = ev.evaluate
 
     def spy(model, lay, x, y):
@@ -161,7 +161,7 @@ def test_greedy_soup_only_ever_sees_the_validation_split(monkeypatch):
         return real(model, lay, x, y)
 
     monkeypatch.setattr(ev, "evaluate", spy)
-    rows = [init_params(layout, s) for s in range(3)]
+    rows = [layout.init(s) for s in range(3)]
     soup_greedy().finalize(_soup_inputs(rows, (x_val, y_val)))
     assert seen and all(a and b for a, b in seen)
 
@@ -184,7 +184,7 @@ def test_train_once_combine_many_matches_training_with_that_combiner(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    from fastdist.combine_cli import combine_saved
+    from fastdist.cli.combine import combine_saved
 
     results = combine_saved(run, ["weight_avg", "ensemble", "soup_greedy"])
     trained = json.loads((run / "metrics.json").read_text())

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import fastdist
-from fastdist import data_sources
-from fastdist.data import load_dataset
-from fastdist.data_sources import read_idx
+from fastdist.data import files as data_sources
+from fastdist.data.datasets import load_dataset
+from fastdist.data.files import read_idx
 from fastdist.errors import ConfigError
 
 N_TRAIN, N_TEST = 64, 16  # 64 rows: two shards of 32, each holding batches of 4

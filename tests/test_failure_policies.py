@@ -1,5 +1,5 @@
 """on_worker_failure: fail, continue, respawn — with faults injected into real training
-runs at a chosen step (see fastdist.faults)."""
+runs at a chosen step (see fastdist.engine.faults)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from conftest import small_run
 
 import fastdist
+from fastdist.engine.faults import ENV_VAR
 from fastdist.errors import ConfigError, WorkerError
-from fastdist.faults import ENV_VAR
 
 TINY = small_run("steps=24", "workers=2")
 

@@ -14,15 +14,14 @@ import pytest
 pytest.importorskip("jax")
 
 from fastdist.errors import ConfigError  # noqa: E402
-from fastdist.kernels import get_kernel  # noqa: E402
-from fastdist.kernels.jax_mlp import (  # noqa: E402
+from fastdist.models.kernels.jax_mlp import (  # noqa: E402
     JaxKernel,
     configure_jax_threads,
     enable_compilation_cache,
 )
-from fastdist.kernels.numba_mlp import NumbaKernel  # noqa: E402
-from fastdist.kernels.reference import forward_logits, loss_and_grad  # noqa: E402
-from fastdist.model import ParamLayout, init_params  # noqa: E402
+from fastdist.models.kernels.numba_mlp import NumbaKernel  # noqa: E402
+from fastdist.models.kernels.reference_mlp import forward_logits, loss_and_grad  # noqa: E402
+from fastdist.models.mlp import MLP  # noqa: E402
 
 SHAPES = [
     ((5, 3), 7),
@@ -35,8 +34,8 @@ SHAPES = [
 
 def _problem(sizes, batch, seed):
     rng = np.random.default_rng(seed)
-    layout = ParamLayout(sizes)
-    params = init_params(layout, seed=seed)
+    layout = MLP(sizes)
+    params = layout.init(seed)
     params += 0.01 * rng.standard_normal(layout.size).astype(np.float32)  # non-zero biases
     x = rng.standard_normal((batch, layout.n_inputs)).astype(np.float32)
     y = rng.integers(0, layout.n_classes, batch).astype(np.int32)
@@ -44,15 +43,15 @@ def _problem(sizes, batch, seed):
 
 
 def test_registered_as_the_jax_backend():
-    assert get_kernel("jax") is JaxKernel
+    assert isinstance(MLP((3, 2)).kernel("jax", 4), JaxKernel)
     assert JaxKernel.name == "jax"
 
 
 def test_missing_jax_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "jax", None)  # what an absent package looks like
-    monkeypatch.delitem(sys.modules, "fastdist.kernels.jax_mlp")
+    monkeypatch.delitem(sys.modules, "fastdist.models.kernels.jax_mlp")
     with pytest.raises(ConfigError, match=r"pip install 'fastdist\[jax\]'"):
-        importlib.import_module("fastdist.kernels.jax_mlp")
+        importlib.import_module("fastdist.models.kernels.jax_mlp")
 
 
 @pytest.mark.parametrize(("sizes", "batch"), SHAPES)
@@ -74,13 +73,13 @@ def test_matches_reference_and_numba(sizes, batch):
     np.testing.assert_allclose(grad, grad_numba, rtol=1e-4, atol=1e-5)
 
     logits = np.empty((batch, layout.n_classes), dtype=np.float32)
-    kernel.predict_logits(params, x, logits)
+    kernel.logits(params, x, logits)
     np.testing.assert_allclose(logits, forward_logits(layout, params, x), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_inputs_and_empty_batch():
-    layout = ParamLayout((6, 8, 3))
-    params = init_params(layout, seed=0)  # zero biases: every pre-activation is exactly 0
+    layout = MLP((6, 8, 3))
+    params = layout.init(0)  # zero biases: every pre-activation is exactly 0
     x = np.zeros((5, 6), dtype=np.float32)
     y = np.array([0, 1, 2, 0, 1], dtype=np.int32)
     kernel = JaxKernel(layout, max_batch=5)
@@ -104,15 +103,15 @@ def test_predict_in_chunks_not_a_multiple_of_max_batch():
     layout, params, x, _ = _problem((4, 5, 3), 23, seed=2)
     kernel = JaxKernel(layout, max_batch=8)
     out = np.empty((23, 3), dtype=np.float32)
-    kernel.predict_logits(params, x, out)
+    kernel.logits(params, x, out)
     np.testing.assert_allclose(out, forward_logits(layout, params, x), rtol=1e-5, atol=1e-6)
     numba_out = np.empty_like(out)
-    NumbaKernel(layout, 8).predict_logits(params, x, numba_out)
+    NumbaKernel(layout, 8).logits(params, x, numba_out)
     np.testing.assert_allclose(out, numba_out, rtol=1e-5, atol=1e-6)
     # the short last chunk is padded: one compiled program, also for other n
     assert kernel.compile_count == 1
-    kernel.predict_logits(params, x[:5], out[:5])
-    kernel.predict_logits(params, x[:16], out[:16])
+    kernel.logits(params, x[:5], out[:5])
+    kernel.logits(params, x[:16], out[:16])
     assert kernel.compile_count == 1
     np.testing.assert_allclose(out, forward_logits(layout, params, x), rtol=1e-5, atol=1e-6)
 
@@ -151,7 +150,7 @@ def test_grad_out_is_written_in_place():
 
 
 def test_batch_larger_than_max_batch_is_an_error():
-    layout = ParamLayout((4, 3))
+    layout = MLP((4, 3))
     kernel = JaxKernel(layout, max_batch=2)
     with pytest.raises(ValueError, match="exceeds the workspace"):
         kernel.loss_and_grad(
@@ -209,12 +208,12 @@ def test_enable_compilation_cache(tmp_path):
 
 _CHILD = """
 import numpy as np, jax
-from fastdist.kernels.jax_mlp import JaxKernel
-from fastdist.model import ParamLayout, init_params
-layout = ParamLayout((4, 5, 3))
+from fastdist.models.kernels.jax_mlp import JaxKernel
+from fastdist.models.mlp import MLP
+layout = MLP((4, 5, 3))
 kernel = JaxKernel(layout, 2)
 x, y, grad = np.ones((2, 4), np.float32), np.zeros(2, np.int32), np.empty(layout.size, np.float32)
-kernel.loss_and_grad(init_params(layout, 0), x, y, grad)
+kernel.loss_and_grad(layout.init(0), x, y, grad)
 print(jax.default_backend(), jax.device_count(), jax.config.jax_compilation_cache_dir)
 """
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastdist.kernels import get_kernel
-from fastdist.kernels.numba_mlp import NumbaKernel
-from fastdist.kernels.reference import forward_logits, loss_and_grad
-from fastdist.model import ParamLayout, init_params
+from fastdist.models.kernels.numba_mlp import NumbaKernel
+from fastdist.models.kernels.reference_mlp import forward_logits, loss_and_grad
+from fastdist.models.mlp import MLP
 
 SHAPES = [
     ((5, 3), 7),
@@ -29,8 +28,8 @@ def _batch(rng, layout, n):
 @pytest.mark.parametrize(("sizes", "batch"), SHAPES)
 def test_numba_matches_reference(sizes, batch):
     rng = np.random.default_rng(sum(sizes) + batch)
-    layout = ParamLayout(sizes)
-    params = init_params(layout, seed=1)
+    layout = MLP(sizes)
+    params = layout.init(1)
     params += 0.01 * rng.standard_normal(layout.size).astype(np.float32)  # non-zero biases
     x, y = _batch(rng, layout, batch)
     loss_ref, grad_ref, correct_ref = loss_and_grad(layout, params, x, y)
@@ -44,13 +43,13 @@ def test_numba_matches_reference(sizes, batch):
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-6)
 
     logits = np.empty((batch, layout.n_classes), dtype=np.float32)
-    kernel.predict_logits(params, x, logits)
+    kernel.logits(params, x, logits)
     np.testing.assert_allclose(logits, forward_logits(layout, params, x), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_inputs_and_smaller_batches_reuse_the_workspace():
-    layout = ParamLayout((6, 8, 3))
-    params = init_params(layout, seed=0)
+    layout = MLP((6, 8, 3))
+    params = layout.init(0)
     kernel = NumbaKernel(layout, max_batch=16)
     x = np.zeros((5, 6), dtype=np.float32)
     y = np.array([0, 1, 2, 0, 1], dtype=np.int32)
@@ -66,20 +65,20 @@ def test_zero_inputs_and_smaller_batches_reuse_the_workspace():
 
 
 def test_predict_in_chunks_larger_than_the_workspace():
-    layout = ParamLayout((4, 5, 3))
-    params = init_params(layout, seed=2)
+    layout = MLP((4, 5, 3))
+    params = layout.init(2)
     x = np.random.default_rng(0).standard_normal((23, 4)).astype(np.float32)
     out = np.empty((23, 3), dtype=np.float32)
-    NumbaKernel(layout, max_batch=8).predict_logits(params, x, out)
+    NumbaKernel(layout, max_batch=8).logits(params, x, out)
     np.testing.assert_allclose(out, forward_logits(layout, params, x), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_larger_than_workspace_is_an_error():
-    layout = ParamLayout((4, 3))
+    layout = MLP((4, 3))
     kernel = NumbaKernel(layout, max_batch=2)
     with pytest.raises(ValueError, match="exceeds the workspace"):
         kernel.loss_and_grad(
-            init_params(layout, 0),
+            layout.init(0),
             np.zeros((3, 4), np.float32),
             np.zeros(3, np.int32),
             np.empty(layout.size, np.float32),
@@ -87,9 +86,9 @@ def test_batch_larger_than_workspace_is_an_error():
 
 
 def test_reference_gradient_matches_finite_differences():
-    layout = ParamLayout((4, 6, 5, 3))
+    layout = MLP((4, 6, 5, 3))
     rng = np.random.default_rng(3)
-    params = init_params(layout, seed=3).astype(np.float64)
+    params = layout.init(3).astype(np.float64)
     params += 0.1 * rng.standard_normal(layout.size)
     x = rng.standard_normal((9, 4))
     y = rng.integers(0, 3, 9)
@@ -105,9 +104,9 @@ def test_reference_gradient_matches_finite_differences():
 
 
 def test_layout_views_cover_the_vector_exactly_once():
-    layout = ParamLayout((5, 7, 3))
+    layout = MLP((5, 7, 3))
     flat = np.arange(layout.size, dtype=np.float32)
-    seen = np.concatenate([v.ravel() for v in layout.unflatten(flat).values()])
+    seen = np.concatenate([v.ravel() for v in layout.layout.unflatten(flat).values()])
     np.testing.assert_array_equal(np.sort(seen), flat)
     assert layout.weight(flat, 1).shape == (7, 3)
     assert np.shares_memory(layout.weight(flat, 0), flat)
@@ -116,5 +115,5 @@ def test_layout_views_cover_the_vector_exactly_once():
 def test_unknown_backend_is_a_config_error():
     from fastdist.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown backend 'cuda'"):
-        get_kernel("cuda")
+    with pytest.raises(ConfigError, match="no kernel for backend 'cuda'"):
+        MLP((4, 3)).kernel("cuda", 8)

@@ -12,8 +12,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from fastdist import launchers
-from fastdist.launchers import check_sweep_fits
+from fastdist.run import launchers
+from fastdist.run.launchers import check_sweep_fits
 
 TINY = [
     "dataset=synthetic",
@@ -74,7 +74,7 @@ def test_an_oversubscribed_parallel_sweep_says_so_in_its_log(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     output = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", one_cpu=True)
     assert "up to 2 parallel jobs x 1 workers x 1 threads = 2 busy threads on 1 CPUs" in output
-    logged = [(tmp_path / "sweep" / job / "cli.log").read_text() for job in ("0", "1")]
+    logged = [(tmp_path / "sweep" / job / "fastdist.log").read_text() for job in ("0", "1")]
     assert all("[WARNING]" in log and WARNING in log for log in logged)
 
 
@@ -168,7 +168,7 @@ def _compose(*overrides: str):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from fastdist.config import register_configs
+    from fastdist.run.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

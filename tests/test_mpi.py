@@ -149,8 +149,8 @@ def test_a_killed_rank_ends_the_job(tmp_path):
             proc.wait()
     # The killed rank could not unlink its segment; the next run would. Do it now so
     # the leak check sees a clean machine.
-    from fastdist.cleanup import remove_stale_segments
-    from fastdist.shm import list_segments
+    from fastdist.engine.cleanup import remove_stale_segments
+    from fastdist.engine.shm import list_segments
 
     def clean() -> bool:
         remove_stale_segments()

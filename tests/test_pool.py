@@ -8,8 +8,8 @@ import time
 import faulty_workers
 import pytest
 
+from fastdist.engine.pool import WorkerPool
 from fastdist.errors import WorkerError
-from fastdist.pool import WorkerPool
 
 
 def test_results_and_messages_come_back():

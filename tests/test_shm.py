@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from fastdist.shm import SEGMENT_PREFIX, SharedArena, list_segments
+from fastdist.engine.shm import SEGMENT_PREFIX, SharedArena, list_segments
 
 
 def _arrays():
@@ -66,7 +66,7 @@ def test_a_run_first_removes_segments_of_dead_owners_only():
     import sys
 
     import fastdist
-    from fastdist.cleanup import stale_segments
+    from fastdist.engine.cleanup import stale_segments
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

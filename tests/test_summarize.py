@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from fastdist.summarize import main  # noqa: E402
+from fastdist.cli.summarize import main  # noqa: E402
 
 TINY = [
     "dataset=synthetic",

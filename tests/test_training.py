@@ -7,11 +7,11 @@ import pytest
 
 import fastdist
 from fastdist.combiners import FinalizeInputs, weight_avg
-from fastdist.data import load_dataset, shard_bounds
-from fastdist.kernels.reference import loss_and_grad
-from fastdist.model import ParamLayout, init_params
-from fastdist.optim import sgd_update
-from fastdist.worker import epoch_order
+from fastdist.data.datasets import load_dataset, shard_bounds
+from fastdist.models.kernels.reference_mlp import loss_and_grad
+from fastdist.models.mlp import MLP
+from fastdist.optim.sgd import sgd_update
+from fastdist.run.worker import epoch_order
 
 
 def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
@@ -24,8 +24,8 @@ def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
     shards = shard_bounds(len(y), workers)
     shard_size = shards[0][1] - shards[0][0]
     per_epoch = shard_size // batch
-    layout = ParamLayout((data.n_features, *cfg.model.hidden, data.n_classes))
-    params = init_params(layout, seed)
+    layout = MLP((data.n_features, *cfg.model.hidden, data.n_classes))
+    params = layout.init(seed)
     momentum = np.zeros_like(params)
     opt = cfg.optimizer
     for step in range(steps):
@@ -68,8 +68,8 @@ def test_one_worker_grad_avg_and_weight_avg_are_the_same_sgd(tiny_overrides):
 
 
 def test_weight_avg_of_identical_workers_is_that_model():
-    layout = ParamLayout((4, 5, 3))
-    theta = init_params(layout, 7)
+    layout = MLP((4, 5, 3))
+    theta = layout.init(7)
     rows = np.stack([theta] * 4)
     model = weight_avg().finalize(FinalizeInputs(rows, layout, np.full(4, 10)))
     assert len(model.members) == 1
@@ -77,7 +77,7 @@ def test_weight_avg_of_identical_workers_is_that_model():
 
 
 def test_weight_avg_is_the_mean_of_the_workers():
-    layout = ParamLayout((4, 3))
+    layout = MLP((4, 3))
     rows = np.random.default_rng(0).standard_normal((3, layout.size)).astype(np.float32)
     model = weight_avg().finalize(FinalizeInputs(rows, layout, np.full(3, 10)))
     np.testing.assert_allclose(model.members[0], rows.mean(axis=0), rtol=1e-6)

@@ -2,7 +2,7 @@
 
 Every peer trains the same reference workload as fastdist (see README.md): the data come
 from :func:`fastdist.data.make_synthetic` (seed ``seed``) and the initial weights from
-:func:`fastdist.model.init_params` (He-uniform, zero biases), so the peers start from the
+:meth:`fastdist.models.mlp.MLP.init` (He-uniform, zero biases), so the peers start from the
 same point as fastdist and from each other.
 """
 
@@ -38,7 +38,7 @@ def make_data(
     workers: int, batch: int, sizes=DEFAULT_SIZES, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The whole data set for ``workers`` workers: ``BATCHES_PER_WORKER`` batches each."""
-    from fastdist.data import make_synthetic
+    from fastdist.data.datasets import make_synthetic
 
     n = workers * batch * BATCHES_PER_WORKER
     return make_synthetic(n, n_features=sizes[0], n_classes=sizes[-1], seed=seed)
@@ -60,10 +60,10 @@ def batches(x: np.ndarray, y: np.ndarray, batch: int) -> list[tuple[np.ndarray, 
 
 def init_weights(sizes=DEFAULT_SIZES, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """fastdist's initial parameters as (W of shape (fan_in, fan_out), b) per layer."""
-    from fastdist.model import ParamLayout, init_params
+    from fastdist.models.mlp import MLP
 
-    layout = ParamLayout(tuple(sizes))
-    flat = init_params(layout, seed)
+    layout = MLP(tuple(sizes))
+    flat = layout.init(seed)
     return [
         (layout.weight(flat, i).copy(), layout.bias(flat, i).copy()) for i in range(layout.n_layers)
     ]

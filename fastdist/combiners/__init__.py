@@ -1,25 +1,28 @@
-"""Combiners: how the workers' results become one model. One registry drives the
-Hydra configs (``conf/combiner/<name>.yaml``) and the parametrised tests."""
+"""Combiner records: how the workers' results become one model.
+
+The registry is the set of ``conf/combiner/<name>.yaml`` files (each names its factory
+in ``_target_``): :data:`REGISTRY` maps name -> factory path, and the parametrised
+tests and the CLI both read it.
+"""
 
 from fastdist.combiners.alignment import aligned_avg
 from fastdist.combiners.averaging import grad_avg, local_sgd, weight_avg
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    SyncSchedule,
+    check_init,
+    require_shared,
+)
 from fastdist.combiners.ensemble import ensemble
 from fastdist.combiners.fisher import fisher_avg
 from fastdist.combiners.hogwild import hogwild
 from fastdist.combiners.soups import soup_greedy, soup_uniform
+from fastdist.conf import registered
 
-REGISTRY = {
-    "grad_avg": grad_avg,
-    "weight_avg": weight_avg,
-    "local_sgd": local_sgd,
-    "ensemble": ensemble,
-    "hogwild": hogwild,
-    "soup_uniform": soup_uniform,
-    "soup_greedy": soup_greedy,
-    "fisher_avg": fisher_avg,
-    "aligned_avg": aligned_avg,
-}
+REGISTRY = registered("combiner")
 
 __all__ = [
     "REGISTRY",
@@ -27,6 +30,10 @@ __all__ = [
     "Combiner",
     "FinalizeInputs",
     "Sync",
+    "SyncSchedule",
+    "check_init",
+    "require_shared",
+    # the built-in factories, for use from Python
     "aligned_avg",
     "ensemble",
     "fisher_avg",

@@ -10,6 +10,7 @@ from fastdist.combiners.base import (
     Combiner,
     FinalizeInputs,
     Sync,
+    SyncSchedule,
     check_init,
     require_shared,
 )
@@ -43,12 +44,14 @@ def weighted_mean_of_rows(rows: np.ndarray, samples_seen: np.ndarray) -> np.ndar
 def grad_avg(init: str = "shared") -> Combiner:
     """Every step, average the workers' gradients in shared memory; every worker then
     sees the same update. Equals single-process SGD with an N-times larger batch."""
-    return Combiner("grad_avg", Sync.GRADIENTS, _shared_row, init=require_shared(init, "grad_avg"))
+    return Combiner(
+        "grad_avg", SyncSchedule(Sync.GRADIENTS), _shared_row, init=require_shared(init, "grad_avg")
+    )
 
 
 def weight_avg(init: str = "shared") -> Combiner:
     """Train independently on each shard, average the parameter vectors at the end."""
-    return Combiner("weight_avg", Sync.NONE, _average, init=check_init(init))
+    return Combiner("weight_avg", SyncSchedule(Sync.NONE), _average, init=check_init(init))
 
 
 def local_sgd(
@@ -63,12 +66,8 @@ def local_sgd(
     """
     if period is not None and (not isinstance(period, int) or period < 1):
         raise ConfigError(f"combiner.period must be a positive integer or null, got {period!r}")
-    sync = Sync.NONE if period is None else Sync.PARAMETERS
-    return Combiner(
-        "local_sgd",
-        sync,
-        _average,
-        period=period,
-        init=check_init(init),
-        options={"average_momentum": bool(average_momentum)},
-    )
+    if period is None:
+        schedule = SyncSchedule(Sync.NONE)
+    else:
+        schedule = SyncSchedule(Sync.PARAMETERS, period, average_state=bool(average_momentum))
+    return Combiner("local_sgd", schedule, _average, init=check_init(init))

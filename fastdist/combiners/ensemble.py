@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    SyncSchedule,
+    check_init,
+)
 from fastdist.errors import ConfigError
 
 __all__ = ["ensemble"]
@@ -19,6 +26,4 @@ def ensemble(average: str = "probs", init: str = "shared") -> Combiner:
         members = tuple(row.copy() for row in inputs.worker_params)
         return CombinedModel(members, average=average)
 
-    return Combiner(
-        "ensemble", Sync.NONE, finalize, init=check_init(init), options={"average": average}
-    )
+    return Combiner("ensemble", SyncSchedule(Sync.NONE), finalize, init=check_init(init))

@@ -13,7 +13,7 @@ shard as the mean over ``n_samples`` random rows of the squared per-example grad
 * ``"true"``: the shard's labels: the "empirical Fisher", a different quantity.
 
 Per-example gradients are computed for all rows at once: the MLP forward/backward of
-``fastdist.kernels.reference``, in float64, with the squared per-example weight gradient
+``fastdist.models.kernels.reference_mlp``, in float64, with the squared per-example weight gradient
 ``outer(h_i, delta_i) ** 2 = outer(h_i ** 2, delta_i ** 2)`` summed as one matmul.
 """
 
@@ -23,50 +23,33 @@ import math
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    SyncSchedule,
+    check_init,
+)
 from fastdist.errors import ConfigError
-from fastdist.model import ParamLayout
+from fastdist.models.base import Model
 
-__all__ = ["LABELS", "diagonal_fisher", "fisher_avg"]
+__all__ = ["LABELS", "diagonal_fisher", "fisher_avg", "require_per_example_grads"]
 
 LABELS = ("sampled", "expected", "true")
 _CHUNK = 1024  # rows per forward/backward, to bound the activations' memory
 
 
-def _forward(layout: ParamLayout, params: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-    """The input of every layer, then the logits (as the reference kernel, in float64)."""
-    hidden = [x]
-    h = x
-    for layer in range(layout.n_layers):
-        h = h @ layout.weight(params, layer) + layout.bias(params, layer)
-        if layer < layout.n_layers - 1:
-            h = np.maximum(h, 0.0)
-        hidden.append(h)
-    return hidden
-
-
-def _add_squared_grads(
-    layout: ParamLayout,
-    params: np.ndarray,
-    hidden: list[np.ndarray],
-    dlogits: np.ndarray,
-    weights: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """``out += sum_i weights[i] * g_i ** 2``, where ``g_i`` is the gradient of example
-    ``i`` whose gradient with respect to its logits is ``dlogits[i]``."""
-    delta = dlogits
-    for layer in reversed(range(layout.n_layers)):
-        h = hidden[layer]
-        d2 = delta * delta
-        layout.weight(out, layer)[:] += (h * h * weights[:, None]).T @ d2
-        layout.bias(out, layer)[:] += weights @ d2
-        if layer > 0:
-            delta = (delta @ layout.weight(params, layer).T) * (h > 0)
+def require_per_example_grads(model: Model) -> None:
+    if not model.has_per_example_grads:
+        raise ConfigError(
+            f"fisher_avg needs per-example gradients, which model {model.name} does not "
+            "provide (its record has no add_squared_grads)"
+        )
 
 
 def diagonal_fisher(
-    layout: ParamLayout,
+    model: Model,
     flat: np.ndarray,
     x: np.ndarray,
     y: np.ndarray | None = None,
@@ -88,12 +71,11 @@ def diagonal_fisher(
     rows = np.sort(rng.choice(len(x), size=min(n_samples, len(x)), replace=False))
     draws = rng.random(len(rows)) if labels == "sampled" else None
     params = np.asarray(flat, dtype=np.float64)
-    n_classes = layout.n_classes
-    fisher = np.zeros(layout.size, dtype=np.float64)
+    n_classes = model.n_classes
+    fisher = np.zeros(model.layout.size, dtype=np.float64)
     for start in range(0, len(rows), _CHUNK):
         idx = rows[start : start + _CHUNK]
-        hidden = _forward(layout, params, np.asarray(x[idx], dtype=np.float64))
-        logits = hidden[-1]
+        logits, cache = model.per_example_forward(params, np.asarray(x[idx], dtype=np.float64))
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         # d(-log p(y|x)) / d logits = p - onehot(y); its square equals that of d log p.
@@ -101,7 +83,7 @@ def diagonal_fisher(
             for c in range(n_classes):
                 dlogits = probs.copy()
                 dlogits[:, c] -= 1.0
-                _add_squared_grads(layout, params, hidden, dlogits, probs[:, c], fisher)
+                model.add_squared_grads(params, cache, dlogits, probs[:, c], fisher)
             continue
         if labels == "sampled":
             below = np.cumsum(probs, axis=1) <= draws[start : start + _CHUNK, None]
@@ -112,7 +94,7 @@ def diagonal_fisher(
                 raise ValueError(f"labels must lie in [0, {n_classes}), got {target}")
         dlogits = probs.copy()
         dlogits[np.arange(len(idx)), target] -= 1.0
-        _add_squared_grads(layout, params, hidden, dlogits, np.ones(len(idx)), fisher)
+        model.add_squared_grads(params, cache, dlogits, np.ones(len(idx)), fisher)
     return fisher / max(len(rows), 1)
 
 
@@ -146,19 +128,25 @@ def fisher_avg(
     init = check_init(init)
 
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
-        rows, layout = inputs.worker_params, inputs.layout
+        rows, model = inputs.worker_params, inputs.model
         if len(inputs.shards) != len(rows):
             raise ConfigError("fisher_avg needs each worker's training shard")
         scale = _model_weights(inputs.samples_seen, len(rows))
-        num = np.zeros(layout.size, dtype=np.float64)
-        den = np.zeros(layout.size, dtype=np.float64)
+        num = np.zeros(model.layout.size, dtype=np.float64)
+        den = np.zeros(model.layout.size, dtype=np.float64)
         for k, (row, (x, y)) in enumerate(zip(rows, inputs.shards)):
             if scale[k] == 0:
                 continue  # a worker that failed before its first step
-            fisher = diagonal_fisher(layout, row, x, y, n_samples, inputs.seed + k, labels)
+            fisher = diagonal_fisher(model, row, x, y, n_samples, inputs.seed + k, labels)
             weight = scale[k] * (fisher + epsilon)
             num += weight * row
             den += weight
         return CombinedModel(((num / den).astype(np.float32),))
 
-    return Combiner("fisher_avg", Sync.NONE, finalize, init=init)
+    return Combiner(
+        "fisher_avg",
+        SyncSchedule(Sync.NONE),
+        finalize,
+        init=init,
+        check_model=require_per_example_grads,
+    )

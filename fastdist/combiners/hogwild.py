@@ -10,7 +10,14 @@ twice. Each worker keeps its own momentum buffer.
 
 from __future__ import annotations
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, require_shared
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    SyncSchedule,
+    require_shared,
+)
 
 __all__ = ["hogwild"]
 
@@ -22,7 +29,7 @@ def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
 def hogwild(init: str = "shared") -> Combiner:
     return Combiner(
         "hogwild",
-        Sync.ASYNC,
+        SyncSchedule(Sync.ASYNC),
         _shared_row,
         init=require_shared(init, "hogwild"),
         deterministic=False,

@@ -8,16 +8,22 @@ from __future__ import annotations
 import numpy as np
 
 from fastdist.combiners.averaging import mean_of_rows
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, check_init
+from fastdist.combiners.base import (
+    CombinedModel,
+    Combiner,
+    FinalizeInputs,
+    Sync,
+    SyncSchedule,
+    check_init,
+)
+from fastdist.combiners.evaluate import evaluate
 
 __all__ = ["soup_uniform", "soup_greedy", "greedy_soup_members"]
 
 
 def _accuracy(inputs: FinalizeInputs, params: np.ndarray) -> float:
-    from fastdist.evaluate import evaluate
-
     x_val, y_val = inputs.validation
-    return evaluate(CombinedModel((params,)), inputs.layout, x_val, y_val)["accuracy"]
+    return evaluate(CombinedModel((params,)), inputs.model, x_val, y_val)["accuracy"]
 
 
 def greedy_soup_members(inputs: FinalizeInputs) -> list[int]:
@@ -39,7 +45,7 @@ def soup_uniform(init: str = "shared") -> Combiner:
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
         return CombinedModel((mean_of_rows(inputs.worker_params),))
 
-    return Combiner("soup_uniform", Sync.NONE, finalize, init=check_init(init))
+    return Combiner("soup_uniform", SyncSchedule(Sync.NONE), finalize, init=check_init(init))
 
 
 def soup_greedy(init: str = "shared") -> Combiner:
@@ -48,5 +54,9 @@ def soup_greedy(init: str = "shared") -> Combiner:
         return CombinedModel((mean_of_rows(inputs.worker_params[chosen]),), info={"soup": chosen})
 
     return Combiner(
-        "soup_greedy", Sync.NONE, finalize, init=check_init(init), needs_validation=True
+        "soup_greedy",
+        SyncSchedule(Sync.NONE),
+        finalize,
+        init=check_init(init),
+        needs_validation=True,
     )

@@ -1,0 +1,26 @@
+"""fastdist's Hydra configs. Each file in a record group (``combiner/``, ``model/``,
+``optimizer/``) names its factory in ``_target_``: these files ARE the registry of
+fastdist's own records (:func:`registered`)."""
+
+from __future__ import annotations
+
+import functools
+from importlib.resources import files
+
+__all__ = ["RECORD_GROUPS", "registered"]
+
+RECORD_GROUPS = ("combiner", "model", "optimizer")
+
+
+@functools.cache
+def registered(group: str) -> dict[str, str]:
+    """``{name: _target_}`` of every config fastdist ships in ``conf/<group>/``."""
+    import yaml
+
+    out = {}
+    for entry in sorted((files(__package__) / group).iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            node = yaml.safe_load(entry.read_text()) or {}
+            if "_target_" in node:
+                out[entry.name[: -len(".yaml")]] = str(node["_target_"])
+    return out

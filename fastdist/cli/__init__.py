@@ -1,0 +1,1 @@
+"""The command-line tools: fastdist, fastdist-combine, fastdist-summarize, fastdist-clean."""

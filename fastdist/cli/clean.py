@@ -1,0 +1,29 @@
+"""``fastdist-clean``: remove shared-memory segments left by runs that were killed."""
+
+from __future__ import annotations
+
+import argparse
+
+from fastdist.engine.cleanup import remove_stale_segments, stale_segments
+from fastdist.engine.shm import list_segments
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fastdist-clean",
+        description="Remove fastdist shared-memory segments left by runs that were killed.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="only list what would go")
+    args = parser.parse_args(argv)
+    names = stale_segments() if args.dry_run else remove_stale_segments()
+    verb = "would remove" if args.dry_run else "removed"
+    for name in names:
+        print(f"{verb} /dev/shm/{name}")
+    live = len(list_segments()) - (len(names) if args.dry_run else 0)
+    print(f"{verb} {len(names)} stale segment(s); {live} segment(s) of live runs left alone")
+
+
+if __name__ == "__main__":
+    main()

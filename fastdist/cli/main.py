@@ -1,0 +1,152 @@
+"""The ``fastdist`` command: a Hydra app whose failures are one readable line.
+
+Exit codes: 0 success; 1 a run-time failure (a worker died, the loss diverged);
+2 a bad configuration or input; 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM).
+In every case the workers are stopped and the shared memory is released first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fastdist.errors import FastdistError
+from fastdist.run.config import register_configs
+from fastdist.run.launchers import check_sweep_fits
+
+__all__ = ["main", "write_metrics"]
+
+log = logging.getLogger("fastdist")
+register_configs()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so every ``finally`` and ``__exit__`` runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def write_metrics(metrics: dict, directory: str | Path) -> Path:
+    """Write ``metrics.json`` atomically (temp file + rename): readers never see half."""
+    path = Path(directory) / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _fail(message: str, code: int) -> SystemExit:
+    sys.stderr.write(f"fastdist: error: {message}\n")
+    sys.stderr.flush()
+    return SystemExit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://fastdist.conf", config_name="config")
+def _run(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    from fastdist.run.coordinator import train
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    warning = check_sweep_fits(cfg)
+    if warning:
+        log.warning(warning)
+    try:
+        result = train(cfg)
+    except FastdistError as exc:
+        # SystemExit passes through Hydra untouched: no "Error executing job" banner
+        # and no traceback, just the cause.
+        raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
+    if not result.metrics:
+        return float("nan")  # dist=mpi, rank > 0: rank 0 reports for the whole job
+    if cfg.get("save_states"):
+        from fastdist.run.states import save_states
+
+        combiner = result.metrics["combiner"]
+        saved = save_states(
+            out_dir,
+            result.worker_params,
+            result.samples_seen,
+            result.validation_fraction,
+            result.sync,
+        )
+        log.info("worker states of %s written to %s", combiner, saved)
+    path = write_metrics(result.metrics, out_dir)
+    log.info("metrics written to %s", path)
+    return result.metrics["test_accuracy"]
+
+
+def _compact(exc: BaseException) -> str:
+    """Hydra/OmegaConf messages span lines (options, search path); keep the substance."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept: list[str] = []
+    options: list[str] = []
+    key = None
+    for line in lines:
+        if line.startswith("full_key:"):
+            key = line.split(":", 1)[1].strip()
+        elif line.startswith(("reference_type", "object_type")):
+            continue
+        elif line.startswith(("Config search path", "Set the environment")):
+            break
+        elif line.startswith("Available options"):
+            options = ["(available:"]
+        elif options:
+            options.append(line + ",")
+        else:
+            kept.append(line)
+    text = " ".join(kept) or type(exc).__name__
+    if options:
+        text += " " + " ".join(options).rstrip(",") + ")"
+    if key and key not in text:
+        text += f" (key: {key})"
+    return text
+
+
+def main() -> None:
+    """Console-script entry point (``fastdist`` and ``python -m fastdist``)."""
+    if "--version" in sys.argv[1:]:
+        from fastdist import __version__
+
+        print(f"fastdist {__version__}")
+        return
+    # Let Hydra's own errors reach us unformatted; we print them as one line below.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run()
+    except _Terminated:
+        raise _fail("terminated; workers stopped and shared memory released", 143) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; workers stopped and shared memory released", 130) from None
+    except FastdistError as exc:
+        raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
+    except Exception as exc:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(exc, (HydraException, OmegaConfBaseException)):
+            cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+            raise _fail(_compact(cause), 2) from None
+        if os.environ.get("FASTDIST_DEBUG"):
+            raise
+        # Not a known failure: still one line (and a clean shutdown, which the context
+        # managers already did), with the way to get the whole story.
+        raise _fail(
+            f"unexpected {type(exc).__name__}: {_compact(exc)} "
+            "(run with FASTDIST_DEBUG=1 for the traceback)",
+            1,
+        ) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Datasets as float32 feature matrices with int32 labels, and their sharding.
+
+Loaders return a :class:`Dataset` held in the coordinator's memory only long enough to
+copy it once into the shared arena; workers then read their shard as a view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastdist.data.base import Dataset, standardize
+from fastdist.data.files import load_idx_or_npz, load_mnist1d
+from fastdist.errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DigitsConfig",
+    "FashionMnistConfig",
+    "Mnist1dConfig",
+    "MnistConfig",
+    "SyntheticConfig",
+    "check_dataset_config",
+    "load_dataset",
+    "make_synthetic",
+    "load_digits",
+    "shard_bounds",
+    "standardize",
+]
+
+
+def make_synthetic(
+    n_samples: int, n_features: int, n_classes: int, seed: int, separation: float = 3.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded Gaussian-mixture classification problem of any size.
+
+    Each class has a random unit-variance centre at ``separation`` standard deviations
+    scale; rows are generated in chunks so gigabyte-sized sets do not need a float64 copy.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, n_features)).astype(np.float32)
+    centres *= separation / np.sqrt(n_features)
+    y = rng.integers(0, n_classes, size=n_samples).astype(np.int32)
+    x = np.empty((n_samples, n_features), dtype=np.float32)
+    chunk = 65536
+    for lo in range(0, n_samples, chunk):
+        hi = min(lo + chunk, n_samples)
+        x[lo:hi] = rng.standard_normal((hi - lo, n_features), dtype=np.float32)
+        x[lo:hi] += centres[y[lo:hi]]
+    return x, y
+
+
+def _synthetic(cfg) -> Dataset:
+    n_train, n_test = int(cfg.n_train), int(cfg.n_test)
+    if n_train < 1 or n_test < 1:
+        raise ConfigError(f"dataset sizes must be positive, got n_train={n_train} n_test={n_test}")
+    x, y = make_synthetic(n_train + n_test, int(cfg.n_features), int(cfg.n_classes), int(cfg.seed))
+    # The test split is copied out so that the big generated block can be freed once the
+    # training rows have moved into shared memory.
+    x_test, y_test = x[n_train:].copy(), y[n_train:].copy()
+    return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes))
+
+
+def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, shipped with the package)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = bunch.data.astype(np.float32)
+    y = bunch.target.astype(np.int32)
+    order = np.random.default_rng(split_seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    x_train, x_test = standardize(x[train], x[test])
+    return Dataset("digits", x_train, y[train], x_test, y[test], 10, (8, 8))
+
+
+def _local_files(name: str):
+    def load(cfg) -> Dataset:
+        return load_idx_or_npz(cfg, name)
+
+    return load
+
+
+# The settings of each dataset, and their defaults: the schema behind
+# conf/dataset/<name>.yaml (a key another dataset has is an error here).
+
+
+@dataclass
+class SyntheticConfig:
+    """Seeded Gaussian-mixture classification of any size (benchmarks)."""
+
+    name: str = "synthetic"
+    n_train: int = 8192
+    n_test: int = 2048
+    n_features: int = 32
+    n_classes: int = 10
+    seed: int = 0
+
+
+@dataclass
+class DigitsConfig:
+    """scikit-learn's bundled 8x8 digits: 1347 train / 450 test, standardised."""
+
+    name: str = "digits"
+    test_fraction: float = 0.25
+    split_seed: int = 0
+
+
+@dataclass
+class Mnist1dConfig:
+    """MNIST-1D generated offline; seed 42 is the published set; ``path`` caches it."""
+
+    name: str = "mnist1d"
+    seed: int = 42
+    path: str | None = None
+
+
+@dataclass
+class MnistConfig:
+    """MNIST from local IDX files or mnist.npz in ``path``. Nothing is downloaded."""
+
+    name: str = "mnist"
+    path: str | None = "data/mnist"
+
+
+@dataclass
+class FashionMnistConfig:
+    """Fashion-MNIST from local files, in MNIST's layout. Nothing is downloaded."""
+
+    name: str = "fashion_mnist"
+    path: str | None = "data/fashion_mnist"
+
+
+DATASETS: dict[str, tuple[type, Callable]] = {
+    "synthetic": (SyntheticConfig, _synthetic),
+    "digits": (
+        DigitsConfig,
+        lambda cfg: load_digits(float(cfg.test_fraction), int(cfg.split_seed)),
+    ),
+    "mnist1d": (Mnist1dConfig, load_mnist1d),
+    "mnist": (MnistConfig, _local_files("mnist")),
+    "fashion_mnist": (FashionMnistConfig, _local_files("fashion_mnist")),
+}
+
+
+def check_dataset_config(cfg) -> None:
+    """The dataset settings' ranges, before anything is loaded."""
+    name = str(cfg.name)
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r} (choose from: {', '.join(sorted(DATASETS))})")
+    minimum = {"n_train": 1, "n_test": 1, "n_features": 1, "n_classes": 2, "seed": 0}
+    minimum["split_seed"] = 0
+    for key, low in minimum.items():
+        if key in cfg and int(cfg[key]) < low:
+            raise ConfigError(f"dataset.{key} must be >= {low}, got {cfg[key]}")
+    if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
+        raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
+
+
+def load_dataset(cfg) -> Dataset:
+    """Load the dataset a ``dataset`` config node names."""
+    check_dataset_config(cfg)
+    return DATASETS[str(cfg.name)][1](cfg)
+
+
+def shard_bounds(n_samples: int, n_shards: int) -> list[tuple[int, int]]:
+    """N equal contiguous shards; the remainder (< N rows) is dropped, as documented."""
+    size = n_samples // n_shards
+    return [(k * size, (k + 1) * size) for k in range(n_shards)]

@@ -1,0 +1,1 @@
+"""Compiled and reference kernels of the built-in models."""

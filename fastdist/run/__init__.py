@@ -1,0 +1,2 @@
+"""The recipe: configuration, the coordinator, the worker loop, supervision, MPI,
+checkpoints, combining and metrics."""

@@ -1,0 +1,210 @@
+"""The typed run configuration: one schema, one source of defaults.
+
+Top-level keys and their defaults live in :class:`FastdistConfig` (``conf/config.yaml``
+only chooses the groups). Each dataset has its own dataclass
+(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer) gets
+a schema generated from its factory's keyword arguments, so a factory's signature is
+the one place its options and defaults are written. Every group YAML extends its schema
+(``/schema/<group>/<name>@_here_`` in its defaults list): a misspelt key or a wrong type
+is an error when the config is composed, reported by the CLI as one line.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from fastdist.conf import RECORD_GROUPS, registered
+from fastdist.data.datasets import DATASETS, check_dataset_config
+from fastdist.errors import ConfigError
+
+__all__ = [
+    "checkpointing",
+    "enum_value",
+    "validate",
+    "Backend",
+    "BackendConfig",
+    "CheckpointConfig",
+    "Dist",
+    "FailurePolicy",
+    "FastdistConfig",
+    "compose",
+    "record_schema",
+    "register_configs",
+]
+
+
+class Backend(enum.Enum):
+    numba = "numba"
+    jax = "jax"
+    reference = "reference"
+
+
+# What a failed worker (exception, exit, signal) does to the run: "fail" stops it within
+# a second; "continue" lets the others finish (combiners without in-training sync);
+# "respawn" restarts every worker from the last checkpoint (or step 0). The functional
+# form because "continue" is a keyword (OmegaConf matches members by name).
+FailurePolicy = enum.Enum("FailurePolicy", [(v, v) for v in ("fail", "continue", "respawn")])
+
+
+class Dist(enum.Enum):
+    local = "local"
+    mpi = "mpi"  # one node coordinator per MPI rank (mpirun -n R fastdist ...)
+
+
+@dataclass
+class BackendConfig:
+    name: Backend = Backend.numba
+    threads: int = 1  # math-library threads per worker: workers x threads <= cores
+    compilation_cache: str | None = None  # JAX persistent compilation cache directory
+    # Bind worker k to its own CPUs. JAX needs it: XLA sizes its thread pool from the
+    # CPUs a process may run on, and its thread flags alone no longer pin it.
+    pin_cpus: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every: int | None = None  # steps between checkpoints; null = never
+    path: str | None = None  # default: checkpoint.npz in the run's output directory
+
+
+@dataclass
+class FastdistConfig:
+    workers: int = 2  # worker processes (per node under dist=mpi)
+    seed: int = 0
+    epochs: int = 20
+    steps: int | None = None  # if set, train exactly this many steps per worker
+    batch_size: int = 32  # per worker
+    # Fraction of the training set held out for combiners that select by validation
+    # accuracy (greedy soup). 0 = none; such a combiner then takes 0.1 and says so.
+    validation_fraction: float = 0.0
+    diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
+    save_states: bool = False  # write worker_states.npz for `fastdist-combine`
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # a checkpoint.npz to continue from
+    on_worker_failure: FailurePolicy = FailurePolicy["fail"]
+    max_respawns: int = 3
+    dist: Dist = Dist.local
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    combiner: Any = MISSING
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The annotation in a form OmegaConf accepts (Any where it would not)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation in (int, float, bool, str):
+        return annotation
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return _schema_type(rest[0]) | None
+        if set(rest) <= {int, float}:
+            return float | None if type(None) in args else float
+        return Any
+    if origin in (list, tuple) and len(args) >= 1 and args[0] in (int, float, bool, str):
+        return list[args[0]]
+    return Any
+
+
+def record_schema(target: str) -> type:
+    """A dataclass of the keyword arguments (with defaults) of the factory ``target``.
+
+    Arguments without a default are what fastdist itself passes (a model's
+    ``input_shape`` and ``n_classes``), not settings.
+    """
+    module, _, attr = target.rpartition(".")
+    factory = getattr(importlib.import_module(module), attr)
+    hints = typing.get_type_hints(factory)
+    fields: list = [("_target_", str, field(default=target))]
+    for param in inspect.signature(factory).parameters.values():
+        if param.default is inspect.Parameter.empty or param.kind is param.VAR_KEYWORD:
+            continue
+        kind = _schema_type(hints.get(param.name, Any))
+        default = param.default
+        if isinstance(default, list | tuple):
+            spec = field(default_factory=lambda value=tuple(default): list(value))
+        else:
+            spec = field(default=default)
+        fields.append((param.name, kind, spec))
+    return make_dataclass(f"{attr}_schema", fields)
+
+
+def register_configs() -> None:
+    """Put the top-level schema and every group's schema into Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="fastdist_schema", node=FastdistConfig)
+    for name, (schema, _) in DATASETS.items():
+        store.store(group="schema/dataset", name=name, node=schema)
+    for group in RECORD_GROUPS:
+        for name, target in registered(group).items():
+            store.store(group=f"schema/{group}", name=name, node=record_schema(target))
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()):
+    """The run config for ``overrides``, composed exactly as the CLI would.
+
+    For notebooks and tests: ``fastdist.train(fastdist.compose(["workers=4"]))``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("fastdist.conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def enum_value(value) -> str:
+    """An enum setting as its plain string (``Backend.numba`` -> ``"numba"``)."""
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
+def validate(cfg) -> None:
+    """Check every number before any work starts, so bad input costs nothing and reads
+    as one line. (Types were checked by the schema when the config was composed; the
+    records check their own options when they are built.)"""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(int(cfg.workers) >= 1, f"workers must be >= 1, got {cfg.workers}")
+    need(int(cfg.seed) >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(int(cfg.batch_size) >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(int(cfg.epochs) >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
+    need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
+    need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
+    check_dataset_config(cfg.dataset)
+    checkpointing(cfg)
+
+
+def checkpointing(cfg) -> tuple[int | None, str | None]:
+    """(steps between checkpoints, file) or (None, None) when the run takes none."""
+    every = cfg.checkpoint.every
+    if every is None:
+        return None, None
+    if int(every) < 1:
+        raise ConfigError(f"checkpoint.every must be >= 1 or null, got {every}")
+    path = cfg.checkpoint.path
+    if path is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            path = f"{HydraConfig.get().runtime.output_dir}/checkpoint.npz"
+        except ValueError:  # not inside a Hydra app (Python API)
+            path = "checkpoint.npz"
+    return int(every), str(path)

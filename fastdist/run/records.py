@@ -1,0 +1,98 @@
+"""Building the records a config names: combiner, model, optimizer.
+
+A record is whatever the factory in its node's ``_target_`` returns; it must be of the
+group's record type. Configs composed from the user's own command line may name any
+factory (that is how a researcher plugs in a model or a combiner of their own).
+A config rebuilt from a run directory is *untrusted* (``fastdist-combine`` reads
+``.hydra/overrides.yaml`` from wherever it is pointed): there, only the factories of
+fastdist's own configs (:func:`fastdist.conf.registered`) may be imported or called, and
+the overrides themselves may not touch ``_target_``, Hydra's own settings or a
+factory path.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fastdist.combiners.base import Combiner
+from fastdist.conf import registered
+from fastdist.errors import ConfigError
+from fastdist.models.base import Model
+from fastdist.optim.base import Optimizer
+
+__all__ = ["build_combiner", "build_model", "build_optimizer", "check_saved_overrides"]
+
+_RECORD_TYPES = {"combiner": Combiner, "model": Model, "optimizer": Optimizer}
+
+
+def _factory(target: str, group: str, trusted: bool):
+    if not trusted and target not in registered(group).values():
+        raise ConfigError(
+            f"{group}._target_={target} is not one of fastdist's own {group}s; a run "
+            "directory may only name those"
+        )
+    module, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{group}._target_={target} cannot be imported ({exc})") from None
+
+
+def _build(node, group: str, trusted: bool, **context):
+    if node is None or "_target_" not in node:
+        raise ConfigError(f"the {group} config names no factory (_target_)")
+    factory = _factory(str(node["_target_"]), group, trusted)
+    kwargs = {str(k): _plain(v) for k, v in node.items() if k != "_target_"}
+    try:
+        record = factory(**kwargs, **context)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"bad {group} settings: {str(exc).splitlines()[0]}") from None
+    expected = _RECORD_TYPES[group]
+    if not isinstance(record, expected):
+        raise ConfigError(
+            f"{group}._target_ must build a {expected.__name__}, got {type(record).__name__}"
+        )
+    return record
+
+
+def _plain(value):
+    """OmegaConf containers as plain Python values (lists, dicts)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def build_combiner(node, trusted: bool = True) -> Combiner:
+    return _build(node, "combiner", trusted)
+
+
+def build_optimizer(node, trusted: bool = True) -> Optimizer:
+    return _build(node, "optimizer", trusted)
+
+
+def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:
+    """The model for data of ``input_shape`` per sample and ``n_classes`` classes."""
+    return _build(node, "model", trusted, input_shape=tuple(input_shape), n_classes=int(n_classes))
+
+
+def check_saved_overrides(overrides: list[str]) -> list[str]:
+    """Refuse overrides from a run directory that could make fastdist import or call
+    code it does not ship: ``_target_`` or factory keys, Hydra's settings (search path,
+    callbacks, launchers), additions/deletions of keys. Returns them unchanged."""
+    for item in overrides:
+        text = str(item)
+        key = text.split("=", 1)[0].strip()
+        parts = key.split(".")
+        if (
+            "=" not in text
+            or key.startswith(("+", "~", "hydra"))
+            or "_target_" in parts
+            or "factory" in parts
+            or not all(p.replace("_", "").replace("/", "").isalnum() for p in parts)
+        ):
+            raise ConfigError(f"the run directory's override {text!r} is not allowed here")
+    return list(overrides)

@@ -1,0 +1,230 @@
+"""The training loop each worker runs on its shard, against the shared arena.
+
+Everything a worker touches lives in the arena: the training set (read-only), the
+parameter and optimizer-state rows, and its own gradient slot. The combiner's schedule
+(``SyncSchedule.sync_at``) decides where the workers meet at the barrier; see the
+comments at each sync point.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastdist.combiners.base import Sync, SyncSchedule
+from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
+from fastdist.engine.barrier import SpinBarrier
+from fastdist.engine.faults import fault_plan
+from fastdist.engine.shm import ArenaSpec, SharedArena
+from fastdist.errors import DivergenceError
+from fastdist.models.base import Model
+from fastdist.optim.base import Optimizer
+
+__all__ = ["WorkerSpec", "train_worker", "epoch_order"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Picklable description of the job, identical for every worker."""
+
+    arena: ArenaSpec
+    model: Model
+    backend: str
+    schedule: SyncSchedule
+    shards: tuple[tuple[int, int], ...]
+    batch_size: int
+    total_steps: int
+    optimizer: Optimizer
+    seed: int
+    threads: int
+    backend_options: dict = field(default_factory=dict)
+    start_step: int = 0  # > 0 when resuming from a checkpoint
+    checkpoint_every: int | None = None
+    checkpoint_path: str | None = None
+    config_hash: str = ""
+    # dist=mpi: this node's workers are global workers rank_offset .. rank_offset+W-1,
+    # and every sync goes through the node coordinator (hierarchical allreduce).
+    hierarchical: bool = False
+    rank_offset: int = 0
+
+
+def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
+    """The order in which worker ``rank`` visits its shard in ``epoch`` (reproducible)."""
+    return np.random.default_rng([seed, rank, epoch]).permutation(shard_size)
+
+
+def train_worker(ctx, spec: WorkerSpec) -> None:
+    from fastdist.engine.threads import apply_in_worker, blas_thread_counts
+
+    apply_in_worker(spec.threads)
+    arena = SharedArena.attach(spec.arena)
+    try:
+        _train(ctx, spec, arena, blas_thread_counts)
+    finally:
+        arena.close()
+
+
+def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> None:
+    rank, n_workers = ctx.rank, ctx.n_workers
+    model, schedule, opt = spec.model, spec.schedule, spec.optimizer
+    kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
+    batch = spec.batch_size
+    x_all, y_all = arena["x_train"], arena["y_train"]
+    lo, hi = spec.shards[rank]
+    shard_x, shard_y = x_all[lo:hi], y_all[lo:hi]  # views: the shard is never copied
+    steps_per_epoch = (hi - lo) // batch
+
+    # opt_state is (state vectors, rows, P): each state vector's rows are contiguous, so
+    # averaging one across workers is the same reduction as averaging parameters.
+    param_rows, state_rows, grads = arena["params"], arena["opt_state"], arena["grads"]
+    params = param_rows[0] if schedule.shares_parameters else param_rows[rank]
+    state = [rows[0] if schedule.shares_state else rows[rank] for rows in state_rows]
+    grad = grads[rank]
+    # The part of the vector this worker reduces and updates at every sync point.
+    my_lo, my_hi = slice_bounds(params.shape[0], n_workers, rank)
+    node = _NodeSync(arena, rank) if spec.hierarchical else None
+    # Steps done, readable by the coordinator even if this process dies.
+    progress = arena["progress"][rank]
+    fault = fault_plan()  # None except in fault-injection tests
+
+    # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
+    xb = np.empty((batch, model.n_inputs), dtype=np.float32)
+    yb = np.empty(batch, dtype=np.int32)
+
+    # Compile (or load from Numba's cache) before the clock starts, on a scratch
+    # gradient so the shared slot stays untouched.
+    scratch = np.empty_like(grad)
+    kernel.loss_and_grad(params, shard_x[:batch], shard_y[:batch], scratch)
+    del scratch
+    compiled = getattr(kernel, "compile_count", 0)
+    ctx.send("ready", {"threads": blas_thread_counts(), "cpus": sorted(os.sched_getaffinity(0))})
+    ctx.barrier.wait()  # everyone compiled: start the clock together
+
+    start = time.monotonic()
+    first_step_done = None
+    step = spec.start_step
+    epoch, first_batch = divmod(step, steps_per_epoch)
+    while step < spec.total_steps:
+        order = epoch_order(spec.seed, spec.rank_offset + rank, epoch, hi - lo)
+        loss_sum, correct, seen = 0.0, 0, 0
+        epoch_start = time.monotonic()
+        for b in range(first_batch, steps_per_epoch):
+            if step >= spec.total_steps:
+                break
+            if fault is not None:
+                fault.maybe_fire(rank, step)
+            idx = order[b * batch : (b + 1) * batch]
+            np.take(shard_x, idx, axis=0, out=xb, mode="clip")
+            np.take(shard_y, idx, out=yb, mode="clip")
+            loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
+                )
+            if schedule.exchange is Sync.GRADIENTS:
+                # Sync point 1: every gradient slot is written. Worker k then averages
+                # slice k of all slots and updates slice k of the shared parameters
+                # (reduce-scatter fused with a sharded optimizer step).
+                ctx.barrier.wait()
+                if node is None:
+                    opt.update_from_mean(params, state, grads, my_lo, my_hi, step)
+                else:
+                    # Across nodes: node mean of the slice, then the coordinator's
+                    # MPI allreduce turns it into the global mean, then the update.
+                    mean_rows_into(grads, node.means[0], my_lo, my_hi)
+                    node.allreduce()
+                    opt.update(params, state, node.means[0], my_lo, my_hi, step)
+                # Sync point 2: the whole parameter vector is updated before anyone
+                # starts the next forward pass.
+                ctx.barrier.wait()
+            else:
+                # Own parameters (local SGD, independent training), or, under Hogwild,
+                # the shared vector written without a lock while others read it.
+                opt.update(params, state, grad, 0, params.shape[0], step)
+                if schedule.sync_at(step):
+                    ctx.barrier.wait()  # all rows hold their local step's result
+                    averaged = [param_rows]
+                    if schedule.average_state:
+                        averaged += list(state_rows)
+                    if node is None:
+                        for rows in averaged:
+                            average_rows(rows, my_lo, my_hi)
+                    else:
+                        node.average_rows(averaged, my_lo, my_hi)
+                    ctx.barrier.wait()  # every row holds the average
+            if first_step_done is None:
+                first_step_done = time.monotonic()
+            loss_sum += loss * batch
+            correct += n_right
+            seen += batch
+            step += 1
+            progress[0] = step
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0:
+                _checkpoint(ctx, spec, param_rows, state_rows, step)
+        first_batch = 0
+        ctx.send(
+            "epoch",
+            {
+                "epoch": epoch,
+                "loss_sum": loss_sum,
+                "correct": correct,
+                "seen": seen,
+                "seconds": time.monotonic() - epoch_start,
+            },
+        )
+        epoch += 1
+    ctx.send(
+        "done",
+        {
+            "start": start,
+            "end": time.monotonic(),
+            "first_step_done": first_step_done,
+            "steps": step - spec.start_step,
+            "samples": (step - spec.start_step) * batch,
+            # JIT backends: compilations after the warm-up call (should stay 0)
+            "recompilations": getattr(kernel, "compile_count", 0) - compiled,
+        },
+    )
+
+
+def _checkpoint(ctx, spec: WorkerSpec, param_rows, state_rows, step: int) -> None:
+    """Every worker stops at the same step; worker 0 snapshots all rows, then writes
+    them while the others go on (they only change rows after the second barrier)."""
+    ctx.barrier.wait()  # every row holds the state after ``step`` steps
+    if ctx.rank == 0:
+        params, opt_state = param_rows.copy(), state_rows.copy()
+    ctx.barrier.wait()  # snapshot taken
+    if ctx.rank == 0:
+        from fastdist.run.checkpoint import write_checkpoint
+
+        write_checkpoint(spec.checkpoint_path, params, opt_state, step, spec.seed, spec.config_hash)
+
+
+class _NodeSync:
+    """A worker's side of the hierarchical allreduce (dist=mpi).
+
+    The node barrier has one more party than there are workers: the node coordinator.
+    Workers write the node mean of their slice into ``node_means`` (one buffer per
+    averaged vector: parameters first, then any optimizer state), meet the coordinator
+    (it allreduces the buffers in place across nodes with MPI), and meet it again once
+    the global means are there.
+    """
+
+    def __init__(self, arena: SharedArena, rank: int) -> None:
+        self.barrier = SpinBarrier(arena["node_barrier"], rank)
+        self.means = arena["node_means"]
+
+    def allreduce(self) -> None:
+        self.barrier.wait()  # the node means are complete: the coordinator may send them
+        self.barrier.wait()  # the buffers hold the means over all nodes
+
+    def average_rows(self, averaged: list[np.ndarray], lo: int, hi: int) -> None:
+        for rows, mean in zip(averaged, self.means):
+            mean_rows_into(rows, mean, lo, hi)
+        self.allreduce()
+        for rows, mean in zip(averaged, self.means):
+            rows[:, lo:hi] = mean[lo:hi]
