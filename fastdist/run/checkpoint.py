@@ -2,9 +2,10 @@
 
 The state of a run is small: the parameter rows, the optimizer-state rows and the
 number of steps taken. Batch order is a pure function of (seed, worker, epoch), so no
-RNG object needs saving; the seed is recorded with the rest. Files are written to a temporary name and
-renamed, so a crash mid-write leaves the previous checkpoint intact, and a state that
-is not finite is never written, so a diverged run keeps its last good checkpoint.
+RNG object needs saving; the seed is recorded with the rest. Files are written to a
+temporary name and renamed, so a crash mid-write leaves the previous checkpoint intact,
+and a state that is not finite is never written, so a diverged run keeps its last good
+checkpoint.
 """
 
 from __future__ import annotations
