@@ -22,9 +22,9 @@ from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.run.checkpoint import config_hash, read_checkpoint
-from fastdist.run.combine import combine, describe_model
+from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
-from fastdist.run.distributed import gather_rows, world
+from fastdist.run.distributed import world
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.progress import EpochLog
@@ -60,64 +60,48 @@ def train(cfg) -> RunResult:
     fraction = held_out_fraction(cfg, combiner)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
-    n_nodes, node = (comm.Get_size(), comm.Get_rank()) if comm else (1, 0)
-    workers, seed = int(cfg.workers), int(cfg.seed)  # workers per node
+    place = Placement.of(comm, int(cfg.workers))
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
-    data = prepare_data(cfg, workers * n_nodes, fraction)
+    data = prepare_data(cfg, place.total_workers, fraction)
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
     if combiner.check_model is not None:
         combiner.check_model(model)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), workers * n_nodes)
+    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
-    # This node's workers are global workers node*W .. node*W + W-1; the arena holds
-    # only their rows (all rows when there is one node).
-    node_shards = data.shards[node * workers : (node + 1) * workers]
-    rows = slice(node_shards[0][0] if comm else 0, node_shards[-1][1] if comm else None)
-    local_shards = tuple((lo - (rows.start or 0), hi - (rows.start or 0)) for lo, hi in node_shards)
+    rows, shards = place.node_rows(data.shards)
     digest = config_hash(cfg)
     every, checkpoint_path = checkpointing(cfg)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
-    arrays = _arena_arrays(data, rows, model, optimizer, combiner, workers, hierarchical=bool(comm))
+    arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
     with SharedArena.create(arrays) as arena:
-        _fill_arena(arena, data, rows, model, combiner, seed, node * workers, keep_copy=bool(comm))
-        start_step = _resume(cfg, arena, digest, total_steps)
+        _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
             arena=arena.spec,
             model=model,
             backend=backend,
             schedule=combiner.schedule,
-            shards=local_shards,
+            shards=shards,
             batch_size=batch,
             total_steps=total_steps,
             optimizer=optimizer,
-            seed=seed,
+            seed=int(cfg.seed),
             threads=int(cfg.backend.threads),
             backend_options=_backend_options(cfg),
-            start_step=start_step,
+            start_step=_resume(cfg, arena, digest, total_steps),
             checkpoint_every=every,
             checkpoint_path=checkpoint_path,
             config_hash=digest,
             hierarchical=comm is not None,
-            rank_offset=node * workers,
+            rank_offset=place.first_worker,
         )
-        log.info(
-            "training %s on %s: %s%d workers x batch %d, %d steps, backend %s, model %s",
-            combiner.name,
-            data.dataset.name,
-            f"{n_nodes} nodes x " if comm else "",
-            workers,
-            batch,
-            total_steps,
-            backend,
-            describe_model(model),
-        )
+        _announce(combiner, data.dataset.name, place, spec)
         # 3. Spawn the workers and train, under the failure policy.
         spawned = time.monotonic()
-        progress = EpochLog(workers, quiet=node != 0)
-        done, spec, failures = supervise(
+        progress = EpochLog(place.workers, quiet=place.node != 0)
+        done, last_spec, failures = supervise(
             arena,
             spec,
             progress,
@@ -128,63 +112,82 @@ def train(cfg) -> RunResult:
             checkpoint_path=checkpoint_path,
             digest=digest,
         )
-        finished = [d for d in done.values() if "failed" not in d]
-        worker_params = arena["params"].copy()
-        samples_seen = np.array([done[r]["samples"] for r in range(workers)], dtype=np.int64)
-        train_seconds = max(d["end"] for d in finished) - min(d["start"] for d in finished)
-        if comm:
-            if not combiner.shares_parameters:
-                worker_params = gather_rows(comm, worker_params)
-            samples_seen = gather_rows(comm, samples_seen)
-            train_seconds = comm.allreduce(train_seconds, op=_mpi_max())
-            if node != 0:  # rank 0 combines, evaluates and reports for the whole job
-                data.x_train = data.y_train = None
-                return RunResult({}, arena["params"].copy(), model, np.zeros(0), fraction)
+        trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
+        if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
+            data.x_train = data.y_train = None
+            return RunResult({}, arena["params"].copy(), model, np.zeros(0), fraction)
         # 4-5. Combine and evaluate, inside the arena's lifetime: data-dependent
         # combiners read the shards from it.
         metrics = combine(
-            combiner, worker_params, model, data, samples_seen, seed, bool(cfg.diagnostics)
+            combiner,
+            trained.worker_params,
+            model,
+            data,
+            trained.samples_seen,
+            int(cfg.seed),
+            bool(cfg.diagnostics),
         )
         data.x_train = data.y_train = None  # drop the views before the arena closes
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
-    first_step = max(d["first_step_done"] or d["end"] for d in finished)
     metrics.update(
-        {
-            "train_seconds": train_seconds,
-            "samples_per_second": float(samples_seen.sum()) / max(train_seconds, 1e-12),
-            "startup_seconds": first_step - spawned,
-            "workers": workers * n_nodes,
-            "nodes": n_nodes,
-            "dist": "mpi" if comm else "local",
-            "backend": backend,
-            "dataset": data.dataset.name,
-            "seed": seed,
-            "batch_size": batch,
-            "steps": total_steps,
-            "samples_seen": int(samples_seen.sum()),
-            "model": model.describe(),
-            "n_params": model.layout.size,
-            "optimizer": optimizer.name,
-            "init": combiner.init,
-            "deterministic": combiner.deterministic,
-            "validation_rows": 0 if data.validation is None else len(data.validation[1]),
-            "worker_blas_threads": progress.max_threads,
-            "worker_cpu_affinity": [progress.cpus.get(r) for r in range(workers)],
-            "resumed_from_step": start_step,
-            "recompilations_after_warmup": max(d["recompilations"] for d in finished),
-            "on_worker_failure": enum_value(cfg.on_worker_failure),
-            "failures": failures,
-            "checkpoint": checkpoint_path,
-        }
+        run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
     )
+    metrics["failures"] = failures
     log.info(
         "test_accuracy %.4f  test_loss %.4f  %.0f samples/s over %.2f s",
-        metrics["test_accuracy"],
-        metrics["test_loss"],
-        metrics["samples_per_second"],
-        train_seconds,
+        *(metrics[k] for k in ("test_accuracy", "test_loss", "samples_per_second")),
+        trained.train_seconds,
     )
-    return RunResult(metrics, worker_params, model, samples_seen, fraction, combiner.sync.value)
+    return RunResult(
+        metrics, trained.worker_params, model, trained.samples_seen, fraction, combiner.sync.value
+    )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process's workers sit: ``nodes`` MPI ranks (1 on one machine) of
+    ``workers`` each; this node runs global workers first_worker .. first_worker+W-1."""
+
+    nodes: int
+    node: int
+    workers: int
+    mpi: bool = False
+
+    @classmethod
+    def of(cls, comm, workers: int) -> Placement:
+        if comm is None:
+            return cls(1, 0, workers)
+        return cls(comm.Get_size(), comm.Get_rank(), workers, mpi=True)
+
+    @property
+    def total_workers(self) -> int:
+        return self.nodes * self.workers
+
+    @property
+    def first_worker(self) -> int:
+        return self.node * self.workers
+
+    def node_rows(self, shards: list[tuple[int, int]]) -> tuple[slice, tuple]:
+        """The training rows this node's arena holds (all of them on one machine) and
+        its workers' shards relative to them."""
+        mine = shards[self.first_worker : self.first_worker + self.workers]
+        start = mine[0][0] if self.mpi else 0
+        rows = slice(start, mine[-1][1] if self.mpi else None)
+        return rows, tuple((lo - start, hi - start) for lo, hi in mine)
+
+
+def _announce(combiner: Combiner, dataset: str, place: Placement, spec: WorkerSpec) -> None:
+    log.info(
+        "training %s on %s: %s%d workers x batch %d, %d steps, backend %s, model %s",
+        combiner.name,
+        dataset,
+        f"{place.nodes} nodes x " if place.mpi else "",
+        place.workers,
+        spec.batch_size,
+        spec.total_steps,
+        spec.backend,
+        describe_model(spec.model),
+    )
 
 
 def _arena_arrays(
@@ -193,11 +196,10 @@ def _arena_arrays(
     model: Model,
     optimizer: Optimizer,
     combiner: Combiner,
-    workers: int,
-    hierarchical: bool,
+    place: Placement,
 ) -> dict:
     """Name -> (shape, dtype) of everything the workers share."""
-    size = model.layout.size
+    workers, size = place.workers, model.layout.size
     param_rows = 1 if combiner.shares_parameters else workers
     state_rows = 1 if combiner.shares_state else workers
     n_state = len(optimizer.state_names)
@@ -211,19 +213,19 @@ def _arena_arrays(
         "grads": ((workers, size), np.float32),
         "progress": ((workers, 8), np.int64),  # steps done per worker (one cache line)
     }
-    if hierarchical:
+    if place.mpi:
         averaged = 1 + (n_state if combiner.schedule.average_state else 0)
         arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
         arrays["node_means"] = ((averaged, size), np.float32)
     return arrays
 
 
-def _fill_arena(arena, data, rows, model, combiner, seed, first_worker, keep_copy) -> None:
+def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement) -> None:
     """The training rows (written once; workers read their shard in place) and each
     parameter row's initialisation."""
     arena["x_train"][:] = data.x_train[rows]
     arena["y_train"][:] = data.y_train[rows]
-    if not keep_copy:
+    if not place.mpi:
         # From here on the coordinator reads the training set from the arena too, and
         # drops its private copies: the dataset is held once, not 1 + N times.
         # (Fresh empty arrays: even a zero-length view would keep its base alive.)
@@ -234,7 +236,8 @@ def _fill_arena(arena, data, rows, model, combiner, seed, first_worker, keep_cop
             y_train=np.empty(0, np.int32),
         )
     for row in range(arena["params"].shape[0]):
-        model.init(init_seed(seed, first_worker + row, combiner.init), out=arena["params"][row])
+        worker = place.first_worker + row
+        model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
 
 
 def _resume(cfg, arena, digest: str, total_steps: int) -> int:
@@ -263,12 +266,6 @@ def _mpi_world(cfg, combiner: Combiner):
     if cfg.checkpoint.every is not None or cfg.resume:
         raise ConfigError("checkpoint/resume is not supported with dist=mpi yet")
     return world()
-
-
-def _mpi_max():
-    from mpi4py import MPI
-
-    return MPI.MAX
 
 
 def _pool_options(cfg, backend: str) -> dict:
