@@ -59,7 +59,7 @@ def test_train_step_w1_two_workers(benchmark):
     """One synchronous grad_avg step of W1 on 2 workers, from the per-step time of a
     steady run (train_seconds / steps)."""
     benchmark.group = "step-W1"
-    cfg = fastdist.compose(["+experiment=w1", "workers=2", "steps=60", "diagnostics=false"])
+    cfg = fastdist.compose(["experiment=w1", "workers=2", "steps=60", "diagnostics=false"])
     result = benchmark.pedantic(fastdist.train, args=(cfg,), rounds=1, iterations=1)
     benchmark.extra_info["seconds_per_step"] = result.metrics["train_seconds"] / 60
 
@@ -93,7 +93,7 @@ def test_train_w1_grad_avg(benchmark, workers, backend):
     benchmark.group = "train-W1"
     cfg = fastdist.compose(
         [
-            "+experiment=w1",
+            "experiment=w1",
             f"workers={workers}",
             "steps=40",
             f"backend={backend}",

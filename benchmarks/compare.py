@@ -1,11 +1,11 @@
-"""``fastdist-bench``: fastdist against its peers on workload W1, side by side.
+"""``python -m benchmarks.compare``: fastdist against its peers on workload W1, side by side.
 
 Every contender runs in a fresh process (no library state or thread pool carries over),
 rounds are interleaved (A B C ... A B C ...) after warm-up steps, and the median of the
 rounds is reported. The GEMM peak that "% of peak" refers to is measured in the same
 run. Peers live in the source tree (``benchmarks/peers``), so run it from a checkout:
 
-    fastdist-bench --json bench.json --plot scaling.png
+    python -m benchmarks.compare --json bench.json --plot scaling.png
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _fastdist_w1(workers: int, steps: int) -> dict:
                 sys.executable,
                 "-m",
                 "fastdist",
-                "+experiment=w1",
+                "experiment=w1",
                 f"workers={workers}",
                 f"steps={steps}",
                 "diagnostics=false",
@@ -234,7 +234,7 @@ def memory(gigabytes: float = 1.0) -> list[dict]:
                     sys.executable,
                     "-m",
                     "fastdist",
-                    "+experiment=w1",
+                    "experiment=w1",
                     f"workers={workers}",
                     f"dataset.n_train={n_rows}",
                     "steps=30",
@@ -289,7 +289,9 @@ def _plot(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fastdist-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (peers)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")

@@ -68,7 +68,7 @@ def scaling_ratio(steps: int = 60, rounds: int = 2) -> dict:
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(rounds):
         for workers in (1, 2):
-            cfg = fastdist.compose(["+experiment=w1", f"workers={workers}", f"steps={steps}"])
+            cfg = fastdist.compose(["experiment=w1", f"workers={workers}", f"steps={steps}"])
             rates[workers].append(fastdist.train(cfg).metrics["samples_per_second"])
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     return {

@@ -55,7 +55,7 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "fastdist",
-                "+experiment=w2",
+                "experiment=w2",
                 "workers=2",
                 f"steps={args.steps}",
                 "diagnostics=false",

@@ -228,3 +228,62 @@ def test_a_killed_coordinator_leaves_a_segment_that_the_next_run_removes(tmp_pat
         assert not leftover & set(list_segments())
         assert live.name in list_segments()  # never touches a live run's segment
         assert f"removed {len(leftover)} stale segment(s)" in out.stdout
+
+
+# --- the typed config and the app's identity --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cause"),
+    [
+        (["optimizer=adam"], "Could not find 'optimizer/adam'"),
+        (["optimizer.name=sgd"], "Key 'name' not in 'sgd_schema'"),
+        (["combiner=local_sgd", "combiner.perod=3"], "Key 'perod' not in 'local_sgd_schema'"),
+        (["dataset=digits", "dataset.n_train=100"], "Key 'n_train' not in 'DigitsConfig'"),
+        (["combiner.init=maybe"], "combiner.init must be 'shared' or 'independent'"),
+        (["on_worker_failure=sometimes"], "on_worker_failure"),
+        (["backend=cuda"], "Could not find 'backend/cuda'"),
+    ],
+)
+def test_unknown_records_and_misspelt_keys_are_refused_in_one_line(tmp_path, overrides, cause):
+    proc = fastdist(*TINY, *overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and cause in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_version_help_banner_log_name_and_experiment_presets(tmp_path):
+    from fastdist import __version__
+
+    version = fastdist("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == f"fastdist {__version__}"
+    assert "fastdist is powered by Hydra" in fastdist("--help", cwd=tmp_path).stdout
+    cfg = fastdist("--cfg", "job", "experiment=w1", cwd=tmp_path)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "- 1024" in cfg.stdout and "batch_size: 256" in cfg.stdout
+    proc = fastdist(*TINY, "epochs=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "fastdist.log").exists()
+
+
+def test_a_worker_traceback_becomes_the_cause_of_its_error(monkeypatch):
+    import fastdist as api
+    from fastdist.engine.faults import ENV_VAR
+    from fastdist.engine.pool import RemoteTraceback
+    from fastdist.errors import WorkerError
+
+    monkeypatch.setenv(ENV_VAR, "worker=1,step=2,kind=raise")
+    with pytest.raises(WorkerError, match="worker 1 failed: RuntimeError") as info:
+        api.train(api.compose([*TINY, "workers=2"]))
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback) and "maybe_fire" in str(cause)
+
+
+def test_the_barrier_refuses_cpus_without_x86_store_order():
+    from fastdist.engine.barrier import check_memory_order
+    from fastdist.errors import ConfigError
+
+    check_memory_order("x86_64")
+    with pytest.raises(ConfigError, match="needs x86-64 store ordering; this CPU is aarch64"):
+        check_memory_order("aarch64")

@@ -198,3 +198,38 @@ def test_unknown_option_value_is_one_line():
 
     with pytest.raises(ConfigError, match="combiner.period must be a positive integer"):
         fastdist.train(fastdist.compose([*TINY, "combiner=local_sgd", "combiner.period=0"]))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "combiner._target_=os.system",
+        "model.factory=evil:make",
+        "hydra.searchpath=[file:///tmp]",
+        "+callbacks.x=1",
+        "~seed",
+    ],
+)
+def test_a_run_directory_from_elsewhere_executes_nothing(tmp_path, override):
+    """fastdist-combine composes the run again from its saved overrides: an edited
+    overrides.yaml must not make fastdist import or call anything of its choosing."""
+    from fastdist.cli.combine import main as combine_main
+    from fastdist.run.states import save_states
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- workers=2\n- '{override}'\n")
+    save_states(run, np.zeros((2, 5), np.float32), np.array([1, 1]), 0.0, "none")
+    with pytest.raises(SystemExit) as exit_info:
+        combine_main([str(run), "weight_avg"])
+    assert exit_info.value.code == 2
+
+
+def test_only_fastdists_own_factories_are_built_from_a_run_directory():
+    from fastdist.errors import ConfigError
+    from fastdist.run.records import build_combiner
+
+    node = {"_target_": "tests.toy_records.coordinate_median"}
+    with pytest.raises(ConfigError, match="not one of fastdist's own combiners"):
+        build_combiner(node, trusted=False)
+    assert build_combiner({"_target_": "fastdist.combiners.averaging.weight_avg"}, trusted=False)

@@ -2,8 +2,9 @@
 
 BLAS pools are sized when the library loads, and Numba's ``np.dot`` goes through
 SciPy's own OpenBLAS, which a later ``threadpool_limits`` call does not reliably reach
-(DESIGN.md section 7). So the pin is an environment set before the worker process
-imports anything, then checked with threadpoolctl from inside the worker.
+(measured: a "1-thread" Numba matmul kept both cores busy). So the pin is an
+environment set before the worker process imports anything, then checked with
+threadpoolctl from inside the worker.
 """
 
 from __future__ import annotations

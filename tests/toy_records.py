@@ -1,0 +1,108 @@
+"""A model, an optimizer and a combiner that are NOT part of fastdist, plugged in through
+the documented extension points only (docs/design.md quotes this file): a factory in an
+importable module, and a YAML naming it in a config directory on Hydra's search path
+(tests/extensions/conf). Spawned workers import this module by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, SyncSchedule
+from fastdist.models.base import FlatLayout, Model
+from fastdist.optim.base import Optimizer
+
+
+# --- a model: multinomial logistic regression -----------------------------------------
+class SoftmaxKernel:
+    """One kernel serves every backend: plain NumPy, writing into grad_out."""
+
+    name = "numpy"
+
+    def __init__(self, model: LinearSoftmax) -> None:
+        self.model = model
+
+    def loss_and_grad(self, params, x, y, grad_out):
+        loss, grad, correct = self.model.reference_loss_and_grad(params, x, y)
+        grad_out[:] = grad
+        return loss, correct
+
+    def logits(self, params, x, out):
+        out[:] = self.model.reference_logits(params, x)
+
+
+@dataclass(frozen=True)
+class LinearSoftmax(Model):
+    features: int
+    classes: int
+
+    name = "linear_softmax"
+
+    @property
+    def layout(self) -> FlatLayout:
+        return FlatLayout((("w", (self.features, self.classes)), ("b", (self.classes,))))
+
+    @property
+    def n_inputs(self) -> int:
+        return self.features
+
+    @property
+    def n_classes(self) -> int:
+        return self.classes
+
+    def init(self, seed, out=None):
+        flat = np.zeros(self.layout.size, np.float32) if out is None else out
+        flat[:] = 0.0
+        w = self.layout.view(flat, "w")
+        w[:] = np.random.default_rng(seed).normal(0, 0.01, w.shape)
+        return flat
+
+    def kernel(self, backend, max_batch):
+        return SoftmaxKernel(self)
+
+    def reference_logits(self, params, x):
+        return x @ self.layout.view(params, "w") + self.layout.view(params, "b")
+
+    def reference_loss_and_grad(self, params, x, y):
+        z = self.reference_logits(params, x).astype(np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        rows = np.arange(len(y))
+        loss = float(-np.log(p[rows, y]).mean())
+        p[rows, y] -= 1.0
+        p /= len(y)
+        grad = np.concatenate([(x.T @ p).ravel(), p.sum(axis=0)]).astype(np.float32)
+        return loss, grad, int((z.argmax(axis=1) == y).sum())
+
+
+def linear_softmax(*, input_shape, n_classes) -> LinearSoftmax:
+    return LinearSoftmax(int(np.prod(input_shape)), int(n_classes))
+
+
+# --- an optimizer: sign SGD ------------------------------------------------------------
+@dataclass(frozen=True)
+class SignSGD(Optimizer):
+    lr: float = 0.01
+
+    name = "sign_sgd"
+    state_names = ()  # no state rows in the arena
+
+    def update(self, params, state, grad, lo, hi, step):
+        params[lo:hi] -= np.float32(self.lr) * np.sign(grad[lo:hi])
+
+    def update_from_mean(self, params, state, grads, lo, hi, step):
+        self.update(params, state, grads[:, lo:hi].mean(axis=0), 0, hi - lo, step)
+
+
+def sign_sgd(lr: float = 0.01) -> SignSGD:
+    return SignSGD(float(lr))
+
+
+# --- a combiner: coordinate-wise median of independently trained workers --------------
+def coordinate_median(init: str = "shared") -> Combiner:
+    def finalize(inputs: FinalizeInputs) -> CombinedModel:
+        median = np.median(inputs.worker_params, axis=0).astype(np.float32)
+        return CombinedModel((median,), info={"rule": "median"})
+
+    return Combiner("coordinate_median", SyncSchedule(Sync.NONE), finalize, init=init)
