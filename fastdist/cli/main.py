@@ -68,7 +68,7 @@ def _run(cfg: DictConfig) -> float:
         raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
     if not result.metrics:
         return float("nan")  # dist=mpi, rank > 0: rank 0 reports for the whole job
-    if cfg.get("save_states"):
+    if cfg.save_states:
         from fastdist.run.states import save_states
 
         combiner = result.metrics["combiner"]
