@@ -4,7 +4,7 @@ Each worker has written its vector into its own row of ``slots``. After a barrie
 worker k averages slice k of every row into ``out`` and, after a second barrier,
 everyone reads the full result: each byte is read once and written once, O(P) traffic
 per worker and no copies through pipes. The training loop fuses this with the SGD
-update (:func:`fastdist.optim.sgd_update_from_mean`); this standalone form serves
+update (e.g. :func:`fastdist.optim.sgd.sgd_update_from_mean`); this standalone form serves
 parameter averaging, benchmarks and node-level reduction.
 """
 
@@ -16,7 +16,7 @@ from numba import njit
 __all__ = ["block_mean", "mean_rows_into", "average_rows", "slice_bounds", "allreduce_mean"]
 
 
-# 0-based loops over block views: see the note in fastdist.optim (vectorisation).
+# 0-based loops over block views: see the note in fastdist.optim.sgd (vectorisation).
 _BLOCK = 4096
 
 

@@ -52,9 +52,9 @@ def environment(extra: dict[str, str]) -> Iterator[None]:
     the worker's pin just around ``Process.start`` without touching its own, already
     loaded, libraries.
     """
-    hidden = [key for key in os.environ if key.startswith(_LAUNCHER_PREFIXES)]
-    saved = {key: os.environ.get(key) for key in [*extra, *hidden]}
-    for key in hidden:
+    launcher_vars = [key for key in os.environ if key.startswith(_LAUNCHER_PREFIXES)]
+    saved = {key: os.environ.get(key) for key in [*extra, *launcher_vars]}
+    for key in launcher_vars:
         del os.environ[key]
     os.environ.update(extra)
     try:
