@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastdist.cli.help import command_parser
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
 from fastdist.engine.cleanup import remove_stale_segments, stale_segments
 from fastdist.engine.shm import list_segments
 
 __all__ = ["main"]
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("fastdist-clean", __doc__)
     parser.add_argument("--dry-run", action="store_true", help="only list what would go")

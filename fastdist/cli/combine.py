@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastdist.cli.help import command_parser
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
 from fastdist.errors import ConfigError, FastdistError
 
 __all__ = ["main", "combine_saved"]
@@ -81,6 +81,7 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     return results
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("fastdist-combine", __doc__)
     parser.add_argument("run_dir", help="output directory of a run made with save_states=true")

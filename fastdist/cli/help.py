@@ -4,6 +4,7 @@ Hydra's usage errors, launchers whose extra is not installed, a closed pipe."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ __all__ = [
     "launcher_hint",
     "plain_text",
     "quiet_broken_pipe",
+    "quiet_on_broken_pipe",
     "usage_error",
 ]
 
@@ -86,3 +88,16 @@ def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=prog, description=plain_text(doc or ""), formatter_class=_Formatter
     )
+
+
+def quiet_on_broken_pipe(main):
+    """Decorate a command's ``main``: ``fastdist-summarize ... | head`` ends quietly."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            raise quiet_broken_pipe() from None
+
+    return wrapper

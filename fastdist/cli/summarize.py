@@ -21,6 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
 from fastdist.cli.stats import describe, paired_differences
 
 __all__ = ["load_runs", "main", "paired_table", "summary_table"]
@@ -136,8 +137,6 @@ def paired_table(runs: list[dict], baseline: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fastdist.cli.help import command_parser
-
     parser = command_parser("fastdist-summarize", __doc__)
     parser.add_argument(
         "directory", help="a multirun (or any) directory holding metrics.json files"
@@ -152,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
