@@ -65,7 +65,8 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
             ),
             score=combined_scorer(combiner, model, data, spec.seed) if spec.eval_every else None,
             arena=arena,
-            sinks=make_sinks(cfg.get("logger"), run_dir() if place.node == 0 else None, COLUMNS),
+            # MPI ranks > 0 record nothing: rank 0 writes the run's files.
+            sinks=make_sinks(cfg.get("logger"), run_dir(), COLUMNS) if place.node == 0 else [],
         )
     display = make_display(
         enum_value(cfg.get("progress", "auto")),
