@@ -1,25 +1,40 @@
-# Quick start:  make run   (virtual environment + install + the default job)
-#               make test  (the test suite; installs first if needed)
+# Quick start:  make run   (virtual environment + the core install + the default job)
+#               make test  (the test suite; installs what the tests need first)
+# Every install goes through constraints.txt: the versions that were tested.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CORE   := $(VENV)/.installed-core
+PIP    := $(BIN)/pip install --quiet -c constraints.txt
+# What the tests need: every extra they exercise (peers only for benchmarks/peers).
+TEST_EXTRAS := dev,jax,experiments,sweep,mpi,tensorboard,mnist1d
 
-.PHONY: install run test lint format bench bench-compare clean
+.PHONY: install run test lint format bench bench-compare clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall when the package's metadata changes; the source is installed editable.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,jax,experiments,sweep,mpi]'
-	touch $(STAMP)
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[$(TEST_EXTRAS)]'
+	touch $(STAMP) $(CORE)
+
+# The default job needs only the core install.
+$(CORE): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	touch $(CORE)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(CORE)
 	$(BIN)/fastdist
+
+# Pin what is installed now (after a deliberate upgrade in the test environment).
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^fastdist'; } > constraints.new
+	mv constraints.new constraints.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

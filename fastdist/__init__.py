@@ -12,10 +12,12 @@ from fastdist._version import __version__
 
 _PUBLIC = {
     # running
-    "train": "fastdist.run.coordinator",
+    "train": "fastdist.run.api",
     "RunResult": "fastdist.run.coordinator",
     "compose": "fastdist.run.config",
     "FastdistConfig": "fastdist.run.config",
+    "HistoryConfig": "fastdist.run.history",
+    "LoggerConfig": "fastdist.run.loggers",
     # records and what they exchange
     "Model": "fastdist.models.base",
     "FlatLayout": "fastdist.models.base",

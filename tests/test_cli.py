@@ -64,8 +64,8 @@ def test_console_script_and_module_are_the_same_app(tmp_path):
     script = Path(sys.executable).with_name("fastdist")
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    groups = dict(line.strip().split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
-    assert {"grad_avg", "weight_avg", "local_sgd"} <= set(groups["combiner"].split(", "))
+    assert out.stdout.startswith("fastdist: ")
+    assert all(name in out.stdout for name in ("grad_avg", "weight_avg", "local_sgd"))
     cfg = fastdist("--cfg", "job", "workers=3", cwd=tmp_path)
     assert cfg.returncode == 0 and "workers: 3" in cfg.stdout
 

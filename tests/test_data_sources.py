@@ -361,4 +361,4 @@ def test_mnist1d_without_the_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d", None)
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     message = _one_line_error(_cfg("mnist1d"))
-    assert message == "dataset=mnist1d needs the mnist1d package: pip install mnist1d"
+    assert message == "dataset=mnist1d needs the mnist1d package: pip install 'fastdist[mnist1d]'"

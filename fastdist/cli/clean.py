@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
 from fastdist.engine.cleanup import remove_stale_segments, stale_segments
 from fastdist.engine.shm import list_segments
 
 __all__ = ["main"]
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="fastdist-clean",
-        description="Remove fastdist shared-memory segments left by runs that were killed.",
-    )
+    parser = command_parser("fastdist-clean", __doc__)
     parser.add_argument("--dry-run", action="store_true", help="only list what would go")
     args = parser.parse_args(argv)
     names = stale_segments() if args.dry_run else remove_stale_segments()

@@ -11,11 +11,11 @@ scored on the test set; results go to ``combine_metrics.json`` in the run direct
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
 from fastdist.errors import ConfigError, FastdistError
 
 __all__ = ["main", "combine_saved"]
@@ -81,8 +81,9 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     return results
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fastdist-combine", description=__doc__.splitlines()[0])
+    parser = command_parser("fastdist-combine", __doc__)
     parser.add_argument("run_dir", help="output directory of a run made with save_states=true")
     parser.add_argument("combiners", nargs="+", help="combiner names (conf/combiner/*.yaml)")
     parser.add_argument("--diagnostics", action="store_true", help="add per-member metrics")

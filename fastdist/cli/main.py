@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from fastdist.cli.help import launcher_hint, quiet_broken_pipe, usage_error
 from fastdist.errors import FastdistError
 from fastdist.run.config import register_configs
 from fastdist.run.launchers import check_sweep_fits
@@ -57,6 +58,8 @@ def _run(cfg: DictConfig) -> float:
     from fastdist.run.coordinator import train
 
     out_dir = HydraConfig.get().runtime.output_dir
+    if cfg.get("quiet"):
+        logging.getLogger("fastdist").setLevel(logging.WARNING)
     warning = check_sweep_fits(cfg)
     if warning:
         log.warning(warning)
@@ -130,13 +133,17 @@ def main() -> None:
         raise _fail("interrupted; workers stopped and shared memory released", 130) from None
     except FastdistError as exc:
         raise _fail(str(exc).splitlines()[0], exc.exit_code) from None
+    except BrokenPipeError:
+        raise quiet_broken_pipe() from None
     except Exception as exc:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
         if isinstance(exc, (HydraException, OmegaConfBaseException)):
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-            raise _fail(_compact(cause), 2) from None
+            raise _fail(launcher_hint(str(exc)) or _compact(cause), 2) from None
+        if usage_error(exc):
+            raise _fail(usage_error(exc), 2) from None
         if os.environ.get("FASTDIST_DEBUG"):
             raise
         # Not a known failure: still one line (and a clean shutdown, which the context

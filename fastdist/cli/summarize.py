@@ -1,160 +1,159 @@
-"""``fastdist-summarize``: turn a multirun directory into a table and plots.
+"""fastdist-summarize: turn a multirun directory into tables and plots.
 
-    fastdist-summarize multirun/2026-11-24/21-00-00 [--out DIR]
+    fastdist -m combiner=grad_avg,local_sgd,weight_avg seed=0,1,2,3,4
+    fastdist-summarize multirun/<date>/<time> --baseline grad_avg
 
-Reads every ``metrics.json`` below the directory, groups runs by dataset, combiner and
-worker count, and writes ``summary.md`` (test accuracy mean ± std over seeds, and the
-other headline numbers) and PNG plots: accuracy per combiner, accuracy against workers,
-and the interpolation (barrier) curves between two workers. Needs the optional extra
-``experiments`` (pandas, matplotlib).
+Reads every metrics.json (and the history.csv beside it) below the directory and
+groups the runs by dataset, combiner, init and worker count. summary.md holds, per
+group, the number of seeds and the test accuracy and loss as mean ± sample std
+(ddof=1) [95% t-interval of the mean], and, against the baseline combiner, the paired
+differences in test accuracy over the seeds both ran. The tables need no extra; the
+plots (accuracy per combiner, accuracy against workers, learning curves with 95%
+bands, the interpolation barrier) need matplotlib: pip install 'fastdist[experiments]'.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["load_runs", "summary_table", "write_plots", "main"]
+from fastdist.cli.help import command_parser, quiet_on_broken_pipe
+from fastdist.cli.stats import describe, paired_differences
 
-_KEYS = [
-    "dataset",
-    "combiner",
-    "workers",
-    "seed",
-    "test_accuracy",
-    "test_loss",
-    "samples_per_second",
-    "init",
-]
+__all__ = ["load_runs", "main", "paired_table", "summary_table"]
+
+_KEYS = ["dataset", "combiner", "workers", "seed", "test_accuracy", "test_loss"]
+_GROUP = ("dataset", "combiner", "init", "workers")
 
 
-def load_runs(directory: str | Path):
-    """One row per run (a ``metrics.json``), as a pandas DataFrame."""
-    import pandas as pd
+def _number(text: str):
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text else value
 
-    rows = []
+
+def _history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def load_runs(directory: str | Path) -> list[dict]:
+    """One dict per run (a ``metrics.json``), with its history rows."""
+    runs = []
     for path in sorted(Path(directory).rglob("metrics.json")):
         metrics = json.loads(path.read_text())
-        row = {key: metrics.get(key) for key in _KEYS}
-        row["init"] = row["init"] or "shared"
-        row["run"] = str(path.parent)
-        row["interpolation"] = metrics.get("interpolation")
-        row["mean_member_test_accuracy"] = metrics.get("mean_member_test_accuracy")
-        rows.append(row)
-    if not rows:
+        run = {key: metrics.get(key) for key in _KEYS}
+        run.update(
+            init=metrics.get("init") or "shared",
+            samples_per_second=metrics.get("samples_per_second"),
+            interpolation=metrics.get("interpolation"),
+            run=str(path.parent),
+            history=_history(path.parent),
+        )
+        runs.append(run)
+    if not runs:
         raise FileNotFoundError(f"no metrics.json below {directory}")
-    return pd.DataFrame(rows)
+    return runs
 
 
-def summary_table(runs) -> str:
-    """Markdown: one line per (dataset, combiner, init, workers), mean ± std over seeds."""
-    grouped = runs.groupby(["dataset", "combiner", "init", "workers"], dropna=False)
+def _groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(run[k] for k in _GROUP)].append(run)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))))
+
+
+def summary_table(runs: list[dict]) -> str:
+    """Markdown, one line per (dataset, combiner, init, workers): seeds, then mean ±
+    sample std [95% t-interval] over seeds."""
     lines = [
         "| dataset | combiner | init | workers | seeds | test accuracy | test loss | samples/s |",
         "| --- | --- | --- | ---: | ---: | --- | --- | ---: |",
     ]
-    for (dataset, combiner, init, workers), group in grouped:
-        acc, loss = group["test_accuracy"], group["test_loss"]
+    for (dataset, combiner, init, workers), group in _groups(runs).items():
+        acc = describe([r["test_accuracy"] for r in group])
+        loss = describe([r["test_loss"] for r in group])
+        speed = describe([r["samples_per_second"] for r in group])
         lines.append(
             f"| {dataset} | {combiner} | {init} | {workers} | {len(group)} "
-            f"| {acc.mean():.4f} ± {acc.std(ddof=0):.4f} "
-            f"| {loss.mean():.4f} ± {loss.std(ddof=0):.4f} "
-            f"| {group['samples_per_second'].mean():.0f} |"
+            f"| {acc.text()} | {loss.text()} | {speed.mean:.0f} |"
         )
+    lines.append("")
+    lines.append("mean ± sample std (ddof=1) [95% t-interval of the mean] over seeds.")
     return "\n".join(lines) + "\n"
 
 
-def write_plots(runs, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    written = []
-    datasets = sorted(runs["dataset"].unique())
-
-    # 1. accuracy per combiner, at the largest worker count of each dataset
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        sub = runs[runs["dataset"] == dataset]
-        sub = sub[sub["workers"] == sub["workers"].max()]
-        stats = sub.groupby(["combiner", "init"])["test_accuracy"].agg(["mean", "std"])
-        labels = [c if i == "shared" else f"{c}\n({i})" for c, i in stats.index]
-        ax.bar(range(len(stats)), stats["mean"], yerr=stats["std"].fillna(0), capsize=3)
-        ax.set_xticks(range(len(stats)), labels, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{dataset}, {sub['workers'].max()} workers")
-    fig.tight_layout()
-    written.append(out / "accuracy_per_combiner.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    # 2. accuracy against worker count
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        sub = runs[runs["dataset"] == dataset]
-        for (combiner, init), group in sub.groupby(["combiner", "init"]):
-            stats = group.groupby("workers")["test_accuracy"].agg(["mean", "std"])
-            label = combiner if init == "shared" else f"{combiner} ({init})"
-            ax.errorbar(
-                stats.index,
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-        ax.set_xticks(sorted(sub["workers"].unique()))
-        ax.set_xlabel("workers")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(dataset)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "accuracy_vs_workers.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    # 3. interpolation barrier curves between workers 0 and 1
-    with_path = runs[runs["interpolation"].notna()]
-    if len(with_path):
-        fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-        for ax, dataset in zip(axes[0], datasets):
-            sub = with_path[with_path["dataset"] == dataset]
-            for (combiner, init), group in sub.groupby(["combiner", "init"]):
-                curves = np.array([p["test_accuracy"] for p in group["interpolation"]])
-                alpha = group["interpolation"].iloc[0]["alpha"]
-                label = combiner if init == "shared" else f"{combiner} ({init})"
-                ax.plot(alpha, curves.mean(axis=0), marker=".", label=label)
-            ax.set_xlabel("alpha (worker 0 -> worker 1)")
-            ax.set_ylabel("test accuracy")
-            ax.set_title(f"{dataset}: linear path between two workers")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / "interpolation_barrier.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
-    return written
+def paired_table(runs: list[dict], baseline: str) -> str:
+    """Markdown: test accuracy minus the baseline's, seed by seed (matched seeds only),
+    per (dataset, workers); the baseline's shared-init runs when it has them."""
+    cells = _groups(runs)
+    lines = [
+        f"| dataset | workers | combiner | init | pairs | Δ test accuracy vs {baseline} |",
+        "| --- | ---: | --- | --- | ---: | --- |",
+    ]
+    found = False
+    for (dataset, combiner, init, workers), group in cells.items():
+        if combiner == baseline:
+            continue
+        base = cells.get((dataset, baseline, "shared", workers)) or next(
+            (
+                g
+                for k, g in cells.items()
+                if k[0] == dataset and k[1] == baseline and k[3] == workers
+            ),
+            None,
+        )
+        if base is None:
+            continue
+        diff, seeds = paired_differences(
+            {r["seed"]: r["test_accuracy"] for r in group},
+            {r["seed"]: r["test_accuracy"] for r in base},
+        )
+        if not seeds:
+            continue
+        found = True
+        lines.append(
+            f"| {dataset} | {workers} | {combiner} | {init} | {len(seeds)} | {diff.text()} |"
+        )
+    if not found:
+        return f"No runs share seeds with baseline {baseline!r}.\n"
+    lines.append("")
+    lines.append(
+        "Paired over the seeds both ran: mean ± sample std [95% t-interval] of the "
+        "per-seed difference; an interval that excludes 0 is a difference at the 5% level."
+    )
+    return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fastdist-summarize", description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = command_parser("fastdist-summarize", __doc__)
     parser.add_argument(
         "directory", help="a multirun (or any) directory holding metrics.json files"
     )
     parser.add_argument("--out", help="where to write summary.md and the PNGs (default: directory)")
-    args = parser.parse_args(argv)
-    try:
-        import matplotlib  # noqa: F401
-        import pandas  # noqa: F401
-    except ImportError:
-        sys.stderr.write(
-            "fastdist-summarize: error: needs pandas and matplotlib: "
-            "pip install 'fastdist[experiments]'\n"
-        )
-        raise SystemExit(2) from None
+    parser.add_argument(
+        "--baseline",
+        default="grad_avg",
+        help="combiner the others are compared with, seed by seed",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    return parser
+
+
+@quiet_on_broken_pipe
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     try:
         runs = load_runs(args.directory)
     except FileNotFoundError as exc:
@@ -162,11 +161,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     out = Path(args.out or args.directory)
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs)
-    (out / "summary.md").write_text(table)
-    plots = write_plots(runs, out)
-    print(table)
-    print("written:", out / "summary.md", *plots, sep="\n  ")
+    text = summary_table(runs) + "\n" + paired_table(runs, args.baseline)
+    (out / "summary.md").write_text(text)
+    print(text)
+    written = [out / "summary.md"]
+    if not args.no_plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("plots skipped: they need matplotlib: pip install 'fastdist[experiments]'")
+        else:
+            from fastdist.cli.plots import write_plots
+
+            written += write_plots(runs, out)
+    print("written:", *written, sep="\n  ")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _generate_mnist1d(seed: int) -> dict[str, np.ndarray]:
     except ModuleNotFoundError as exc:
         if (exc.name or "mnist1d").split(".")[0] == "mnist1d":
             raise ConfigError(
-                "dataset=mnist1d needs the mnist1d package: pip install mnist1d"
+                "dataset=mnist1d needs the mnist1d package: pip install 'fastdist[mnist1d]'"
             ) from None
         raise ConfigError(
             f"dataset=mnist1d: the mnist1d package cannot be imported ({exc})"

@@ -17,7 +17,14 @@ from fastdist.run.diagnostics import worker_diagnostics
 from fastdist.run.distributed import gather_rows
 from fastdist.run.preparation import PreparedData
 
-__all__ = ["Trained", "combine", "describe_model", "gather_training", "run_metrics"]
+__all__ = [
+    "Trained",
+    "combine",
+    "combine_model",
+    "describe_model",
+    "gather_training",
+    "run_metrics",
+]
 
 
 def describe_model(model: Model) -> str:
@@ -35,6 +42,19 @@ def combine(
     diagnostics: bool = True,
 ) -> dict:
     """Finalize ``combiner`` on trained worker states and score it on the test set."""
+    return combine_model(combiner, worker_params, model, data, samples_seen, seed, diagnostics)[0]
+
+
+def combine_model(
+    combiner: Combiner,
+    worker_params: np.ndarray,
+    model: Model,
+    data: PreparedData,
+    samples_seen: np.ndarray,
+    seed: int,
+    diagnostics: bool = True,
+) -> tuple[dict, CombinedModel]:
+    """:func:`combine`'s metrics, and the combined model itself."""
     if combiner.needs_validation and data.validation is None:
         raise ConfigError(f"{combiner.name} needs a validation split: set validation_fraction")
     inputs = FinalizeInputs(
@@ -58,7 +78,7 @@ def combine(
             metrics["ensemble_gain_over_best_member"] = (
                 scores["accuracy"] - diag["best_member_test_accuracy"]
             )
-    return metrics
+    return metrics, combined
 
 
 @dataclass

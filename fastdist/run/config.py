@@ -25,6 +25,9 @@ from omegaconf import MISSING
 from fastdist.conf import RECORD_GROUPS, registered
 from fastdist.data.datasets import DATASETS, check_dataset_config
 from fastdist.errors import ConfigError
+from fastdist.run.history import HistoryConfig
+from fastdist.run.loggers import LoggerConfig
+from fastdist.run.progress import ProgressMode
 
 __all__ = [
     "checkpointing",
@@ -94,6 +97,13 @@ class FastdistConfig:
     max_respawns: int = 3
     dist: Dist = Dist.local
     backend: BackendConfig = field(default_factory=BackendConfig)
+    # Watching a run (run/progress.py, run/history.py): the display, how chatty the
+    # log is, and the history.csv rows (plus a tracker: logger=tensorboard).
+    progress: ProgressMode = ProgressMode.auto  # auto | bar | lines | off
+    verbose: bool = False  # also log every history row
+    quiet: bool = False  # warnings and errors only; no display
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    logger: Any = MISSING
     combiner: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
@@ -145,6 +155,7 @@ def register_configs() -> None:
     """Put the top-level schema and every group's schema into Hydra's ConfigStore."""
     store = ConfigStore.instance()
     store.store(name="fastdist_schema", node=FastdistConfig)
+    store.store(group="schema/logger", name="logger", node=LoggerConfig)
     for name, (schema, _) in DATASETS.items():
         store.store(group="schema/dataset", name=name, node=schema)
     for group in RECORD_GROUPS:
@@ -188,6 +199,15 @@ def validate(cfg) -> None:
     need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
     need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
     need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
+    history = cfg.get("history") or {}
+    need(
+        int(history.get("every", 1)) >= 0, f"history.every must be >= 0, got {history.get('every')}"
+    )
+    eval_every = history.get("eval_every")
+    need(
+        eval_every is None or int(eval_every) >= 0,
+        f"history.eval_every must be >= 0, got {eval_every}",
+    )
     check_dataset_config(cfg.dataset)
     checkpointing(cfg)
 

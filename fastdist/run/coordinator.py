@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastdist.combiners.base import Combiner, Sync
+from fastdist.combiners.base import CombinedModel, Combiner, Sync
+from fastdist.combiners.evaluate import predict_proba
 from fastdist.engine.barrier import barrier_shape, check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
 from fastdist.engine.shm import SharedArena
@@ -22,14 +23,14 @@ from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.run.checkpoint import config_hash, read_checkpoint
-from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
+from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
-from fastdist.run.progress import EpochLog
 from fastdist.run.records import build_combiner, build_model, build_optimizer
 from fastdist.run.supervision import check_failure_policy, supervise
+from fastdist.run.watch import history_plan, watch
 from fastdist.run.worker import WorkerSpec
 
 __all__ = ["RunResult", "train"]
@@ -39,8 +40,9 @@ log = logging.getLogger("fastdist")
 
 @dataclass
 class RunResult:
-    """What a run produced: the metrics written to metrics.json, and the final
-    per-worker parameters (for saving and re-combining)."""
+    """What a run produced: the metrics written to metrics.json, the final per-worker
+    parameters (for saving and re-combining), the combined model, and the history rows
+    (those of history.csv)."""
 
     metrics: dict
     worker_params: np.ndarray
@@ -48,6 +50,20 @@ class RunResult:
     samples_seen: np.ndarray
     validation_fraction: float = 0.0
     sync: str = "none"
+    combined: CombinedModel | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of the combined model, shape (n, classes), for rows
+        ``x`` preprocessed like the dataset's (e.g. ``load_dataset(...).x_test``)."""
+        if self.combined is None:
+            raise ValueError("this result holds no combined model (an MPI rank > 0)")
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        return predict_proba(self.combined, self.model, x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The combined model's predicted class for each row of ``x``."""
+        return self.predict_proba(x).argmax(axis=1)
 
 
 def train(cfg) -> RunResult:
@@ -71,11 +87,14 @@ def train(cfg) -> RunResult:
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     rows, shards = place.node_rows(data.shards)
+    steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
     digest = config_hash(cfg)
     every, checkpoint_path = checkpointing(cfg)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
     arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
+    if eval_every:  # run/history.py: the rows as they stood at an evaluation step
+        arrays["snapshots"] = arrays["params"]
     with SharedArena.create(arrays) as arena:
         _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
@@ -96,29 +115,47 @@ def train(cfg) -> RunResult:
             config_hash=digest,
             hierarchical=comm is not None,
             rank_offset=place.first_worker,
+            history_every=history_every,
+            eval_every=eval_every,
         )
         _announce(combiner, data.dataset.name, place, spec)
         # 3. Spawn the workers and train, under the failure policy.
         spawned = time.monotonic()
-        progress = EpochLog(place.workers, quiet=place.node != 0)
-        done, last_spec, failures = supervise(
-            arena,
-            spec,
-            progress,
-            policy=enum_value(cfg.on_worker_failure),
-            max_respawns=int(cfg.max_respawns),
-            pool_options=_pool_options(cfg, backend),
-            comm=comm,
-            checkpoint_path=checkpoint_path,
-            digest=digest,
+        progress = watch(
+            cfg,
+            place=place,
+            spec=spec,
+            model=model,
+            optimizer=optimizer,
+            combiner=combiner,
+            data=data,
+            arena=arena,
+            steps_per_epoch=steps_per_epoch,
         )
+        progress.start(spec.start_step)
+        try:
+            done, last_spec, failures = supervise(
+                arena,
+                spec,
+                progress,
+                policy=enum_value(cfg.on_worker_failure),
+                max_respawns=int(cfg.max_respawns),
+                pool_options=_pool_options(cfg, backend),
+                comm=comm,
+                checkpoint_path=checkpoint_path,
+                digest=digest,
+            )
+        except BaseException:
+            progress.close(complete=False)  # the rows so far stay in history.csv
+            raise
+        progress.close()  # scores the held snapshots (run/history.py)
         trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
         if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
             data.x_train = data.y_train = None
             return RunResult({}, arena["params"].copy(), model, np.zeros(0), fraction)
         # 4-5. Combine and evaluate, inside the arena's lifetime: data-dependent
         # combiners read the shards from it.
-        metrics = combine(
+        metrics, combined = combine_model(
             combiner,
             trained.worker_params,
             model,
@@ -138,8 +175,16 @@ def train(cfg) -> RunResult:
         *(metrics[k] for k in ("test_accuracy", "test_loss", "samples_per_second")),
         trained.train_seconds,
     )
+    history = progress.history.rows if progress.history is not None else []
     return RunResult(
-        metrics, trained.worker_params, model, trained.samples_seen, fraction, combiner.sync.value
+        metrics,
+        trained.worker_params,
+        model,
+        trained.samples_seen,
+        fraction,
+        combiner.sync.value,
+        combined,
+        history,
     )
 
 

@@ -23,6 +23,7 @@ from fastdist.engine.shm import ArenaSpec, SharedArena
 from fastdist.errors import DivergenceError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
+from fastdist.run.history import StepReporter
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
 
@@ -50,6 +51,10 @@ class WorkerSpec:
     # and every sync goes through the node coordinator (hierarchical allreduce).
     hierarchical: bool = False
     rank_offset: int = 0
+    # run/history.py: a step report every history_every steps, and a parameter
+    # snapshot every eval_every steps (0 = never).
+    history_every: int = 0
+    eval_every: int = 0
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -90,6 +95,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     # Steps done, readable by the coordinator even if this process dies.
     progress = arena["progress"][rank]
     fault = fault_plan()  # None except in fault-injection tests
+    reporter = StepReporter(ctx, spec, arena, params)
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, model.n_inputs), dtype=np.float32)
@@ -163,6 +169,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             seen += batch
             step += 1
             progress[0] = step
+            reporter.after_step(step, loss, batch)
             if spec.checkpoint_every and step % spec.checkpoint_every == 0:
                 _checkpoint(ctx, spec, param_rows, state_rows, step)
         first_batch = 0

@@ -1,0 +1,92 @@
+"""Wiring for watching a run: how often to report and evaluate, and the message
+handler (epoch lines + history + display) the coordinator hands to the pool."""
+
+from __future__ import annotations
+
+from fastdist.run.config import enum_value
+from fastdist.run.history import COLUMNS, History, bytes_per_sync, combined_scorer, learning_rate
+from fastdist.run.loggers import make_sinks
+from fastdist.run.progress import EpochLog, make_display
+
+__all__ = ["history_plan", "multirun_job", "run_dir", "watch"]
+
+
+def run_dir() -> str | None:
+    """The Hydra job's output directory; None outside a Hydra app (Python API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.output_dir
+
+
+def multirun_job() -> int | None:
+    """This job's number in a multirun (``-m``); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return int(hydra_cfg.job.num)
+
+
+def history_plan(cfg, shards, batch: int, mpi: bool) -> tuple[int, int, int]:
+    """(steps per epoch, steps between history rows, steps between evaluations; 0 =
+    never). An evaluation needs every parameter row on this machine: none under MPI."""
+    steps_per_epoch = max(min(hi - lo for lo, hi in shards) // batch, 1)
+    history = cfg.get("history") or {}
+    every = int(history.get("every", 10))
+    eval_every = history.get("eval_every")
+    eval_every = steps_per_epoch if eval_every is None else int(eval_every)
+    if mpi or not every:
+        eval_every = 0
+    return steps_per_epoch, every, eval_every
+
+
+def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_per_epoch):
+    """The handler of the workers' messages for this run (``EpochLog``)."""
+    quiet = bool(cfg.get("quiet", False)) or place.node != 0
+    history = None
+    if spec.history_every:
+        history = History(
+            workers=place.workers,
+            batch=spec.batch_size,
+            steps_per_epoch=steps_per_epoch,
+            lr=lambda step: learning_rate(optimizer, step),
+            schedule=combiner.schedule,
+            sync_bytes=bytes_per_sync(
+                combiner.schedule,
+                place.total_workers,
+                model.layout.size,
+                len(optimizer.state_names),
+            ),
+            score=combined_scorer(combiner, model, data, spec.seed) if spec.eval_every else None,
+            arena=arena,
+            # MPI ranks > 0 record nothing: rank 0 writes the run's files.
+            sinks=make_sinks(cfg.get("logger"), run_dir(), COLUMNS) if place.node == 0 else [],
+        )
+    display = make_display(
+        enum_value(cfg.get("progress", "auto")),
+        spec.total_steps,
+        quiet=quiet,
+        multirun_job=multirun_job(),
+    )
+    if history is not None:
+        if display is not None:
+            history.listeners.append(display)
+        if bool(cfg.get("verbose", False)) and not quiet:
+            history.listeners.append(_log_row)
+    return EpochLog(place.workers, quiet=quiet, history=history, display=display)
+
+
+def _log_row(row: dict) -> None:
+    import logging
+
+    shown = {k: v for k, v in row.items() if v is not None and k != "step"}
+    text = "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+    )
+    logging.getLogger("fastdist").info("step %d  %s", row["step"], text)
