@@ -36,6 +36,7 @@ __all__ = [
     "Dist",
     "FailurePolicy",
     "FastdistConfig",
+    "PoolConfig",
     "compose",
     "record_schema",
     "register_configs",
@@ -77,6 +78,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class PoolConfig:
+    # Keep the workers alive from one job to the next when they fit (same workers,
+    # backend, threads): null = yes inside a multirun, no for a single run.
+    reuse: bool | None = None
+
+
+@dataclass
 class FastdistConfig:
     workers: int = 2  # worker processes (per node under dist=mpi)
     seed: int = 0
@@ -94,6 +102,7 @@ class FastdistConfig:
     max_respawns: int = 3
     dist: Dist = Dist.local
     backend: BackendConfig = field(default_factory=BackendConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     combiner: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING

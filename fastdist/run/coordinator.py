@@ -27,6 +27,7 @@ from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
+from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.progress import EpochLog
 from fastdist.run.records import build_combiner, build_model, build_optimizer
 from fastdist.run.supervision import check_failure_policy, supervise
@@ -111,6 +112,7 @@ def train(cfg) -> RunResult:
             comm=comm,
             checkpoint_path=checkpoint_path,
             digest=digest,
+            reuse=reuse_requested(cfg),
         )
         trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
         if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
