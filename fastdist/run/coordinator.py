@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdist.combiners.base import Combiner, Sync
+from fastdist.combiners.evaluate import preload_host_kernel
 from fastdist.engine.barrier import barrier_shape, check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
 from fastdist.engine.shm import SharedArena
@@ -102,6 +103,7 @@ def train(cfg) -> RunResult:
         # 3. Spawn the workers and train, under the failure policy.
         spawned = time.monotonic()
         progress = EpochLog(place.workers, quiet=place.node != 0)
+        preload_host_kernel(model)  # for the final evaluation, while the workers start
         done, last_spec, failures = supervise(
             arena,
             spec,

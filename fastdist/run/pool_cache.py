@@ -29,8 +29,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from fastdist.engine.pool import WorkerPool
-from fastdist.engine.warm_pool import WarmPool, main_module_hidden
+from fastdist.engine.warm_pool import WarmPool
 
 __all__ = ["ShutdownWarmPool", "job_pool", "reuse_requested", "shutdown_warm_pool", "warm_pool"]
 
@@ -130,24 +129,21 @@ def job_pool(
 ) -> Iterator[Any]:
     """Workers for one job: an object with ``join(on_message, tolerate_failures)``.
 
-    Without ``reuse`` a one-shot :class:`WorkerPool`, stopped when the block ends.
+    Without ``reuse`` a pool of its own, stopped when the block ends.
     With it, the kept warm pool if it fits (else a new one), kept again for the next
     job only if this one ended cleanly.
     """
     global _warm
     if not reuse:
         shutdown_warm_pool()  # a single run after a sweep in one process
-        pool = WorkerPool(workers, target, args, **pool_options)
+        # A warm pool used for one job: the same workers, dismissed at the end (they
+        # then exit at once instead of finalizing their interpreter).
+        pool = WarmPool(workers, **pool_options)
         try:
-            with main_module_hidden((target, args)):
-                pool.start()
-            yield pool
+            pool.start()
+            yield _WarmJob(pool, target, args)
         finally:
-            old = _block_interrupts()
-            try:
-                pool.shutdown()
-            finally:
-                _restore_interrupts(old)
+            pool.shutdown()
         return
     pool = _acquire(workers, backend, pool_options)
     try:
@@ -161,14 +157,3 @@ def job_pool(
     else:
         pool.shutdown()
 
-
-def _block_interrupts():
-    import signal
-
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _restore_interrupts(old) -> None:
-    import signal
-
-    signal.pthread_sigmask(signal.SIG_SETMASK, old)
