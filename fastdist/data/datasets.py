@@ -209,7 +209,7 @@ def _cache_key(cfg) -> tuple:
     """The settings, plus the files a ``path`` names (their size and mtime), so a data
     set rewritten on disk is read again."""
     items = tuple(sorted((str(k), repr(cfg[k])) for k in cfg))
-    path = cfg["path"] if "path" in cfg else None
+    path = cfg.get("path", None)
     files: tuple = ()
     if path is not None and os.path.exists(str(path)):
         root = str(path)

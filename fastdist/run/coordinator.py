@@ -26,9 +26,9 @@ from fastdist.run.checkpoint import config_hash, read_checkpoint
 from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
+from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
-from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.progress import EpochLog
 from fastdist.run.records import build_combiner, build_model, build_optimizer
 from fastdist.run.supervision import check_failure_policy, supervise

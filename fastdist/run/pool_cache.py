@@ -89,6 +89,7 @@ def _acquire(workers: int, backend: str, pool_options: dict) -> WarmPool:
         kept, _warm = _warm, None
     if kept is not None:
         if kept.key == WarmPool.key_for(workers, extra_key, **pool_options) and kept.alive():
+            log.info("workers kept warm from the previous job (%d before)", kept.jobs_run)
             return kept
         kept.shutdown()
     candidate = WarmPool(workers, extra_key=extra_key, **pool_options)
@@ -156,4 +157,3 @@ def job_pool(
             _warm = pool
     else:
         pool.shutdown()
-
