@@ -214,7 +214,7 @@ def _cache_key(cfg) -> tuple:
     if path is not None and os.path.exists(str(path)):
         root = str(path)
         names = sorted(os.listdir(root)) if os.path.isdir(root) else [""]
-        stats = [(n, os.stat(os.path.join(root, n))) for n in names]
+        stats = [(n, os.stat(os.path.join(root, n) if n else root)) for n in names]
         files = tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
     return items, files
 
