@@ -157,3 +157,29 @@ def test_an_error_after_a_warm_job_still_stops_the_pool(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 1 and "something else went wrong" in proc.stderr, proc.stderr
+
+
+def test_data_sets_are_loaded_once_per_process_and_settings():
+    from omegaconf import OmegaConf
+
+    from fastdist.data.datasets import clear_dataset_cache, load_dataset
+
+    clear_dataset_cache()
+    digits = OmegaConf.create({"name": "digits", "test_fraction": 0.25, "split_seed": 0})
+    first = load_dataset(digits)
+    assert load_dataset(OmegaConf.create(OmegaConf.to_container(digits))) is first
+    other = load_dataset(OmegaConf.merge(digits, {"split_seed": 1}))
+    assert other is not first and not np.array_equal(other.y_train, first.y_train)
+    clear_dataset_cache()
+    assert load_dataset(digits) is not first
+
+
+def test_digits_are_read_exactly_as_scikit_learn_reads_them():
+    from sklearn.datasets import load_digits
+
+    from fastdist.data.datasets import _digits_arrays
+
+    data, target = _digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(data, reference.data) and data.dtype == reference.data.dtype
+    assert np.array_equal(target, reference.target)
