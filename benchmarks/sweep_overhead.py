@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.rounds):
             for name, (checkout, overrides) in contenders.items():
                 results[name].append(time_sweep(checkout, overrides, work))
+                print(name, json.dumps(results[name][-1]), flush=True)
             for name, (checkout, overrides) in singles.items():
                 results[name].append(time_single(checkout, overrides, work))
+                print(name, json.dumps(results[name][-1]), flush=True)
 
     cpu = _cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} CPUs; {args.rounds} interleaved rounds, medians")
