@@ -6,6 +6,7 @@ copy it once into the shared arena; workers then read their shard as a view.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ __all__ = [
     "MnistConfig",
     "SyntheticConfig",
     "check_dataset_config",
+    "clear_dataset_cache",
     "load_dataset",
     "make_synthetic",
     "load_digits",
@@ -64,13 +66,31 @@ def _synthetic(cfg) -> Dataset:
     return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes))
 
 
-def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (1797 images, shipped with the package)."""
-    from sklearn.datasets import load_digits as sk_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits table (1797 x 64 pixels + label) as scikit-learn ships it, read
+    straight from its CSV: importing scikit-learn costs about a second, the file 10 ms."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package, imports nothing
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                table = np.loadtxt(fh, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(int)
+    from sklearn.datasets import load_digits as sk_digits  # a layout we do not know
 
     bunch = sk_digits()
-    x = bunch.data.astype(np.float32)
-    y = bunch.target.astype(np.int32)
+    return bunch.data, bunch.target
+
+
+def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, shipped with the package)."""
+    data, target = _digits_arrays()
+    x = data.astype(np.float32)
+    y = target.astype(np.int32)
     order = np.random.default_rng(split_seed).permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
     test, train = order[:n_test], order[n_test:]
@@ -162,9 +182,46 @@ def check_dataset_config(cfg) -> None:
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load the dataset a ``dataset`` config node names."""
+    """Load the dataset a ``dataset`` config node names.
+
+    Kept per process for the next job with the same settings (a sweep's jobs load
+    their data set once): callers must not write into the returned arrays (fastdist
+    copies or replaces them, never writes).
+    """
     check_dataset_config(cfg)
-    return DATASETS[str(cfg.name)][1](cfg)
+    key = _cache_key(cfg)
+    for i, (cached_key, dataset) in enumerate(_loaded):
+        if cached_key == key:
+            _loaded.insert(0, _loaded.pop(i))
+            return dataset
+    dataset = DATASETS[str(cfg.name)][1](cfg)
+    _loaded.insert(0, (key, dataset))
+    del _loaded[_KEEP_LOADED:]
+    return dataset
+
+
+# The most recently loaded data sets, newest first, with the settings they came from.
+_loaded: list[tuple[tuple, Dataset]] = []
+_KEEP_LOADED = 2
+
+
+def _cache_key(cfg) -> tuple:
+    """The settings, plus the files a ``path`` names (their size and mtime), so a data
+    set rewritten on disk is read again."""
+    items = tuple(sorted((str(k), repr(cfg[k])) for k in cfg))
+    path = cfg.get("path", None)
+    files: tuple = ()
+    if path is not None and os.path.exists(str(path)):
+        root = str(path)
+        names = sorted(os.listdir(root)) if os.path.isdir(root) else [""]
+        stats = [(n, os.stat(os.path.join(root, n) if n else root)) for n in names]
+        files = tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
+    return items, files
+
+
+def clear_dataset_cache() -> None:
+    """Forget the data sets kept by :func:`load_dataset`."""
+    _loaded.clear()
 
 
 def shard_bounds(n_samples: int, n_shards: int) -> list[tuple[int, int]]:

@@ -39,6 +39,7 @@ __all__ = [
     "Dist",
     "FailurePolicy",
     "FastdistConfig",
+    "PoolConfig",
     "compose",
     "record_schema",
     "register_configs",
@@ -80,6 +81,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class PoolConfig:
+    # Keep the workers alive from one job to the next when they fit (same workers,
+    # backend, threads): null = yes inside a multirun, no for a single run.
+    reuse: bool | None = None
+
+
+@dataclass
 class FastdistConfig:
     workers: int = 2  # worker processes (per node under dist=mpi)
     seed: int = 0
@@ -104,6 +112,7 @@ class FastdistConfig:
     quiet: bool = False  # warnings and errors only; no display
     history: HistoryConfig = field(default_factory=HistoryConfig)
     logger: Any = MISSING
+    pool: PoolConfig = field(default_factory=PoolConfig)
     combiner: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdist.combiners.base import CombinedModel, Combiner, Sync
-from fastdist.combiners.evaluate import predict_proba
+from fastdist.combiners.evaluate import predict_proba, preload_host_kernel
 from fastdist.engine.barrier import barrier_shape, check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
 from fastdist.engine.shm import SharedArena
@@ -26,6 +26,7 @@ from fastdist.run.checkpoint import config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
+from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.records import build_combiner, build_model, build_optimizer
@@ -133,6 +134,7 @@ def train(cfg) -> RunResult:
             steps_per_epoch=steps_per_epoch,
         )
         progress.start(spec.start_step)
+        preload_host_kernel(model)  # for the final evaluation, while the workers start
         try:
             done, last_spec, failures = supervise(
                 arena,
@@ -144,6 +146,7 @@ def train(cfg) -> RunResult:
                 comm=comm,
                 checkpoint_path=checkpoint_path,
                 digest=digest,
+                reuse=reuse_requested(cfg),
             )
         except BaseException:
             progress.close(complete=False)  # the rows so far stay in history.csv

@@ -16,10 +16,10 @@ import logging
 import os
 
 from fastdist.combiners.base import Combiner, Sync
-from fastdist.engine.pool import WorkerPool
 from fastdist.errors import ConfigError, WorkerError
 from fastdist.run.checkpoint import read_checkpoint
 from fastdist.run.distributed import NodeCoordinator
+from fastdist.run.pool_cache import job_pool
 from fastdist.run.worker import WorkerSpec, train_worker
 
 __all__ = ["check_failure_policy", "supervise"]
@@ -48,9 +48,12 @@ def supervise(
     comm=None,
     checkpoint_path: str | None = None,
     digest: str = "",
+    reuse: bool = False,
 ):
     """Start the pool and supervise it to the end, applying the failure ``policy``.
 
+    With ``reuse`` the workers may be a warm pool kept from the previous job (see
+    :mod:`fastdist.run.pool_cache`); a failed attempt never leaves one behind.
     Returns the workers' final reports, the spec of the last attempt (its start step
     moves when workers are respawned from a checkpoint) and the failure events.
     """
@@ -58,9 +61,11 @@ def supervise(
     initial = (arena["params"].copy(), arena["opt_state"].copy(), spec.start_step)
     failures: list[dict] = []
     while True:
-        pool = WorkerPool(workers, train_worker, (spec,), **pool_options)
+        reuse_now = reuse and not comm  # dist=mpi: one-shot pools
         try:
-            with pool:
+            with job_pool(
+                workers, train_worker, (spec,), pool_options, reuse=reuse_now, backend=spec.backend
+            ) as pool:
                 if comm:
                     syncs = spec.schedule.syncs_between(spec.start_step, spec.total_steps)
                     done = NodeCoordinator(comm, arena, workers).run(pool, progress, syncs)

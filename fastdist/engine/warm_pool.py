@@ -1,0 +1,181 @@
+"""A worker pool that outlives one job.
+
+Each worker of a :class:`WarmPool` runs :func:`serve_jobs`: a loop that waits on its
+own pipe for a job (a picklable target and its arguments), runs it exactly as a
+one-shot :class:`~fastdist.engine.pool.WorkerPool` would, and waits for the next. The
+processes, their imports and whatever they compiled stay loaded between jobs; what a
+job shares (its arena) is named in the job's arguments and attached by the target, so
+every job can bring its own segment.
+
+The pool is supervised by the same :meth:`WorkerPool.join` as a one-shot pool: an
+error or a death in a job ends that job with the same one-line error. A pool that saw
+any failure must not run another job (its barrier may be aborted or a worker
+excluded): :attr:`WarmPool.usable` turns false and the owner shuts it down.
+
+Workers are started without re-running the parent's ``__main__`` (when the job does
+not need it): under the ``fastdist`` console script that re-import would load the
+whole CLI (Hydra, OmegaConf) into every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastdist.engine.pool import WorkerPool
+from fastdist.errors import WorkerError
+
+__all__ = ["WarmPool", "serve_jobs", "main_module_hidden"]
+
+
+def serve_jobs(ctx, inboxes: tuple) -> None:
+    """A warm worker's life: run each job received on its own inbox until ``None``
+    (or the coordinator's end of the pipe closes)."""
+    inbox = inboxes[ctx.rank]
+    for other in inboxes:
+        if other is not inbox:
+            other.close()  # the other workers' inboxes are theirs
+    while True:
+        try:
+            job = inbox.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            # Dismissed: leave at once. The job's arena is detached and the pipes carry
+            # nothing more; finalizing an interpreter that loaded LLVM and BLAS takes
+            # most of a second that the coordinator would spend waiting.
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(0)
+        target, args = job
+        target(ctx, *args)
+        del job, target, args  # nothing of a finished job stays referenced
+
+
+@contextlib.contextmanager
+def main_module_hidden(payload: Any) -> Iterator[None]:
+    """Start spawn children without re-importing the parent's main script, unless
+    ``payload`` (what the children will unpickle) refers to ``__main__``.
+
+    ``spawn`` re-runs the parent's main file in every child so that functions defined
+    there can be unpickled; for a console script that means importing the whole CLI.
+    Children started inside this block skip that when nothing they receive needs it.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        yield  # ``python -m pkg`` (spawn already skips *.__main__) or an interpreter
+        return
+    try:
+        needs_main = b"__main__" in pickle.dumps(payload)
+    except Exception:
+        needs_main = True  # let multiprocessing report what cannot be pickled
+    if needs_main:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class WarmPool:
+    """``n_workers`` long-lived workers; :meth:`run` one job at a time on all of them.
+
+    ``pool_options`` are :class:`WorkerPool`'s (threads, extra_env, pin_cpus); they are
+    fixed for the pool's life, so :attr:`key` (with ``n_workers`` and any ``extra_key``)
+    tells whether a job may run here.
+    """
+
+    def __init__(self, n_workers: int, extra_key: Any = None, **pool_options) -> None:
+        ctx = mp.get_context("spawn")
+        pipes = [ctx.Pipe(duplex=False) for _ in range(n_workers)]
+        self._readers = tuple(reader for reader, _ in pipes)
+        self._writers = [writer for _, writer in pipes]
+        self._pool = WorkerPool(n_workers, serve_jobs, (self._readers,), **pool_options)
+        self.n_workers = n_workers
+        self.key = self.key_for(n_workers, extra_key, **pool_options)
+        self.jobs_run = 0
+        self.usable = True
+        self._started = False
+
+    @staticmethod
+    def key_for(n_workers: int, extra_key: Any = None, **pool_options) -> tuple:
+        """What must match for a job to run on a pool built with these arguments."""
+        return (n_workers, _frozen(pool_options), _frozen(extra_key))
+
+    @property
+    def barrier(self):
+        return self._pool.barrier
+
+    def alive(self) -> bool:
+        """Every worker is still running (an idle worker can be killed from outside)."""
+        procs = self._pool._procs  # same package: the one-shot pool's processes
+        return self._started and len(procs) == self.n_workers and all(p.is_alive() for p in procs)
+
+    def start(self) -> None:
+        with main_module_hidden((serve_jobs, self._readers)):
+            self._pool.start()
+        self._started = True
+        for reader in self._readers:
+            reader.close()  # the workers hold them now
+
+    def run(
+        self,
+        target: Callable,
+        args: tuple = (),
+        on_message: Callable[[str, int, Any], None] | None = None,
+        tolerate_failures: bool = False,
+    ) -> dict[int, Any]:
+        """Run ``target(ctx, *args)`` on every worker; their ``done`` payloads.
+
+        Any failure (raised, or tolerated and reported in a payload) leaves the pool
+        unusable for another job.
+        """
+        if not self.usable:
+            raise RuntimeError("this warm pool saw a failure; start a new one")
+        self.usable = False  # until this job has ended cleanly
+        for rank, writer in enumerate(self._writers):
+            try:
+                writer.send((target, args))
+            except OSError:
+                raise WorkerError(f"warm worker {rank} was gone before the job started") from None
+        results = self._pool.join(on_message, tolerate_failures=tolerate_failures)
+        self.jobs_run += 1
+        self.usable = not any(isinstance(r, dict) and "failed" in r for r in results.values())
+        return results
+
+    def shutdown(self) -> None:
+        """Tell idle workers to leave, then stop them as a one-shot pool is stopped
+        (barrier aborted, grace period, terminate, kill). Safe to call twice; a second
+        Ctrl-C cannot interrupt it."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.usable = False
+            for writer in self._writers:
+                with contextlib.suppress(OSError, ValueError):
+                    if self._started:
+                        writer.send(None)
+                    writer.close()
+            if not self._started:
+                for reader in self._readers:
+                    reader.close()
+            self._pool.shutdown()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -1,0 +1,159 @@
+"""One warm worker pool per process, handed from job to job of a sweep.
+
+Hydra's basic launcher runs a multirun's jobs one after another in one process (and
+joblib's loky workers run many jobs each). When a job needs the same worker count,
+backend and thread settings as the one before, it runs on the previous job's workers
+(:class:`~fastdist.engine.warm_pool.WarmPool`): no spawn, no imports, no kernel loading.
+Everything that makes a run a run stays per job: the arena (created and unlinked by
+the coordinator for each job, and attached by the workers for that job only), seeds,
+failure policy, metrics.
+
+A job that fails in any way (an error, a worker's death, a tolerated failure under
+``on_worker_failure=continue``, Ctrl-C) shuts the pool down; the next job starts fresh.
+The last pool is shut down when the sweep ends (:class:`ShutdownWarmPool`, a Hydra
+callback), and in any case when the process exits (atexit).
+
+``pool.reuse``: true/false, or null (the default) for "true in a multirun, false for a
+single run".
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from fastdist.engine.warm_pool import WarmPool
+
+__all__ = ["ShutdownWarmPool", "job_pool", "reuse_requested", "shutdown_warm_pool", "warm_pool"]
+
+log = logging.getLogger("fastdist")
+
+_lock = threading.Lock()
+_warm: WarmPool | None = None
+_atexit_registered = False
+
+
+def reuse_requested(cfg) -> bool:
+    """``pool.reuse``, with null meaning: reuse inside a Hydra multirun only."""
+    pool = cfg.get("pool") if hasattr(cfg, "get") else None
+    setting = pool.get("reuse") if pool is not None else None
+    if setting is not None:
+        return bool(setting)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, AttributeError):  # not inside a Hydra app (Python API, tests)
+        return False
+
+
+def warm_pool() -> WarmPool | None:
+    """The pool kept for the next job, if any (for tests and diagnostics)."""
+    return _warm
+
+
+def shutdown_warm_pool() -> None:
+    """Stop the kept pool, if any. Safe to call at any time, also twice."""
+    global _warm
+    with _lock:
+        pool, _warm = _warm, None
+    if pool is not None:
+        pool.shutdown()
+
+
+class ShutdownWarmPool(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): the sweep is over."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        shutdown_warm_pool()
+
+
+def _environment_key() -> tuple:
+    # A warm worker keeps the environment it was started with: a job run under other
+    # FASTDIST_* variables (fault injection, for one) needs fresh workers.
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("FASTDIST_")))
+
+
+def _acquire(workers: int, backend: str, pool_options: dict) -> WarmPool:
+    global _warm, _atexit_registered
+    extra_key = (backend, _environment_key())
+    with _lock:
+        kept, _warm = _warm, None
+    if kept is not None:
+        if kept.key == WarmPool.key_for(workers, extra_key, **pool_options) and kept.alive():
+            log.info("workers kept warm from the previous job (%d before)", kept.jobs_run)
+            return kept
+        kept.shutdown()
+    candidate = WarmPool(workers, extra_key=extra_key, **pool_options)
+    try:
+        candidate.start()
+    except BaseException:
+        candidate.shutdown()
+        raise
+    if not _atexit_registered:
+        atexit.register(shutdown_warm_pool)
+        _atexit_registered = True
+    return candidate
+
+
+class _WarmJob:
+    """One job's view of a warm pool: what supervision calls on a one-shot pool."""
+
+    def __init__(self, pool: WarmPool, target: Callable, args: tuple) -> None:
+        self._pool, self._target, self._args = pool, target, args
+
+    @property
+    def barrier(self):
+        return self._pool.barrier
+
+    def join(self, on_message=None, tolerate_failures: bool = False) -> dict[int, Any]:
+        return self._pool.run(self._target, self._args, on_message, tolerate_failures)
+
+
+@contextlib.contextmanager
+def job_pool(
+    workers: int,
+    target: Callable,
+    args: tuple,
+    pool_options: dict,
+    *,
+    reuse: bool = False,
+    backend: str = "",
+) -> Iterator[Any]:
+    """Workers for one job: an object with ``join(on_message, tolerate_failures)``.
+
+    Without ``reuse`` a pool of its own, stopped when the block ends.
+    With it, the kept warm pool if it fits (else a new one), kept again for the next
+    job only if this one ended cleanly.
+    """
+    global _warm
+    if not reuse:
+        shutdown_warm_pool()  # a single run after a sweep in one process
+        # A warm pool used for one job: the same workers, dismissed at the end (they
+        # then exit at once instead of finalizing their interpreter).
+        pool = WarmPool(workers, **pool_options)
+        try:
+            pool.start()
+            yield _WarmJob(pool, target, args)
+        finally:
+            pool.shutdown()
+        return
+    pool = _acquire(workers, backend, pool_options)
+    try:
+        yield _WarmJob(pool, target, args)
+    except BaseException:
+        pool.shutdown()
+        raise
+    if pool.usable:
+        with _lock:
+            _warm = pool
+    else:
+        pool.shutdown()
