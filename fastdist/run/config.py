@@ -2,7 +2,7 @@
 
 Top-level keys and their defaults live in :class:`FastdistConfig` (``conf/config.yaml``
 only chooses the groups). Each dataset has its own dataclass
-(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer) gets
+(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer, schedule) gets
 a schema generated from its factory's keyword arguments, so a factory's signature is
 the one place its options and defaults are written. Every group YAML extends its schema
 (``/schema/<group>/<name>@_here_`` in its defaults list): a misspelt key or a wrong type
@@ -36,6 +36,7 @@ __all__ = [
     "Dist",
     "FailurePolicy",
     "FastdistConfig",
+    "LrScaling",
     "compose",
     "record_schema",
     "register_configs",
@@ -53,6 +54,11 @@ class Backend(enum.Enum):
 # "respawn" restarts every worker from the last checkpoint (or step 0). The functional
 # form because "continue" is a keyword (OmegaConf matches members by name).
 FailurePolicy = enum.Enum("FailurePolicy", [(v, v) for v in ("fail", "continue", "respawn")])
+
+
+# optimizer.lr times 1, the number of workers, or its square root (Goyal et al. 2017's
+# linear rule; pair it with a warm-up, e.g. schedule.warmup_steps).
+LrScaling = enum.Enum("LrScaling", [(v, v) for v in ("none", "linear", "sqrt")])
 
 
 class Dist(enum.Enum):
@@ -93,11 +99,13 @@ class FastdistConfig:
     on_worker_failure: FailurePolicy = FailurePolicy["fail"]
     max_respawns: int = 3
     dist: Dist = Dist.local
+    lr_scaling: LrScaling = LrScaling["none"]
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
+    schedule: Any = MISSING  # the learning-rate schedule (conf/schedule/)
 
 
 def _schema_type(annotation: Any) -> Any:
