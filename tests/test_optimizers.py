@@ -10,7 +10,7 @@ import pytest
 
 from fastdist.combiners.averaging import local_sgd
 from fastdist.errors import ConfigError
-from fastdist.optim import adamw, lion, sgd
+from fastdist.optim import adagrad, adamw, lion, sgd
 from fastdist.optim import schedules as sched
 from fastdist.optim.clipping import clip_scale, sum_of_squares, sum_of_squares_of_mean
 
@@ -54,6 +54,10 @@ CASES = {
     "lion": (
         lion(lr=3e-4, beta1=0.9, beta2=0.99, weight_decay=0.1),
         optax.lion(3e-4, b1=0.9, b2=0.99, weight_decay=0.1),
+    ),
+    "adagrad": (
+        adagrad(lr=0.05, initial_accumulator=0.1, eps=1e-7),
+        optax.adagrad(0.05, initial_accumulator_value=0.1, eps=1e-7),
     ),
 }
 

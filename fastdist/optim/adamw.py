@@ -22,7 +22,7 @@ from fastdist.optim.sgd import _BLOCK
 __all__ = ["AdamW", "adamw", "adamw_update", "adamw_update_from_mean"]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adamw_block(p, m, v, g, scale, lr, b1, b2, eps, weight_decay, c1, c2):
     # c1 = 1/(1 - b1^t), c2 = 1/(1 - b2^t): the bias corrections of step t.
     one = np.float32(1.0)
@@ -35,7 +35,7 @@ def _adamw_block(p, m, v, g, scale, lr, b1, b2, eps, weight_decay, c1, c2):
         p[i] -= lr * ((mi * c1) / (np.sqrt(vi * c2) + eps) + weight_decay * p[i])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adamw_update(params, m, v, grad, lr, b1, b2, eps, wd, c1, c2, scale, lo, hi):
     for start in range(lo, hi, _BLOCK):
         stop = min(start + _BLOCK, hi)
@@ -55,7 +55,7 @@ def adamw_update(params, m, v, grad, lr, b1, b2, eps, wd, c1, c2, scale, lo, hi)
         )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adamw_update_from_mean(params, m, v, grads, lr, b1, b2, eps, wd, c1, c2, scale, lo, hi):
     acc = np.empty(_BLOCK, np.float32)
     for start in range(lo, hi, _BLOCK):
