@@ -17,6 +17,21 @@ from fastdist.optim.clipping import clip_scale, sum_of_squares, sum_of_squares_o
 optax = pytest.importorskip("optax")
 jnp = pytest.importorskip("jax.numpy")
 
+
+def _keep_absl_off_pytests_stream() -> None:
+    """optax imports absl.logging, whose handler keeps the sys.stderr of its import
+    (pytest's capture stream) and closes it when a later logging.config call (Hydra's,
+    in the in-process CLI tests) shuts old handlers down: pytest then loses stderr.
+    absl never closes the interpreter's own stderr."""
+    import sys
+
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_keep_absl_off_pytests_stream()
+
 P = 10_000  # two full 4096-float blocks and a remainder
 STEPS = 100
 
