@@ -99,6 +99,15 @@ def test_a_two_by_two_multirun_writes_one_metrics_file_per_job(tmp_path):
         (["workers=two"], 2, "could not be converted to Integer (key: workers)"),
         (["wrkers=2"], 2, "Key 'wrkers' not in 'FastdistConfig'"),
         (["optimizer.lr=-1"], 2, "optimizer.lr must be > 0"),
+        (
+            ["optimizer=adam"],
+            2,
+            "Could not find 'optimizer/adam' (available: adagrad, adamw, lion, sgd)",
+        ),
+        (["optimizer=adamw", "optimizer.momentum=0.9"], 2, "Key 'momentum' not in 'adamw_schema'"),
+        (["schedule=cosinus"], 2, "Could not find 'schedule/cosinus' (available: constant,"),
+        (["schedule=cosine", "schedule.warmup=5"], 2, "Key 'warmup' not in 'cosine_schema'"),
+        (["lr_scaling=cubic"], 2, "Invalid value 'cubic'"),
         (["optimizer.lr=1e4", "workers=1", "epochs=50"], 1, "loss became nan"),
     ],
 )

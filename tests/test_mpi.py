@@ -69,13 +69,25 @@ def _states(directory: Path) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("combiner", "per_node"),
-    [("grad_avg", 1), ("grad_avg", 2), ("local_sgd", 2), ("weight_avg", 1)],
+    ("combiner", "per_node", "extra"),
+    [
+        ("grad_avg", 1, []),
+        ("grad_avg", 2, []),
+        ("local_sgd", 2, []),
+        ("weight_avg", 1, []),
+        # Clipping by the norm of the global mean, summed from the node's slices.
+        ("grad_avg", 2, ["optimizer=adamw", "optimizer.clip_norm=0.05", "schedule=cosine"]),
+    ],
 )
-def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, per_node):
+def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, per_node, extra):
     run = subprocess.run(
         mpirun(
-            2, *TINY, f"workers={per_node}", f"combiner={combiner}", f"hydra.run.dir={tmp_path}/mpi"
+            2,
+            *TINY,
+            *extra,
+            f"workers={per_node}",
+            f"combiner={combiner}",
+            f"hydra.run.dir={tmp_path}/mpi",
         ),
         capture_output=True,
         text=True,
@@ -89,6 +101,7 @@ def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, pe
             "-m",
             "fastdist",
             *TINY,
+            *extra,
             f"workers={2 * per_node}",
             f"combiner={combiner}",
             f"hydra.run.dir={tmp_path}/local",

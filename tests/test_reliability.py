@@ -23,7 +23,17 @@ def test_same_seed_and_workers_give_bitwise_identical_results(combiner):
 
 @pytest.mark.parametrize(
     ("combiner", "extra"),
-    [("grad_avg", []), ("local_sgd", ["combiner.period=3", "combiner.average_momentum=true"])],
+    [
+        ("grad_avg", []),
+        ("local_sgd", ["combiner.period=3", "combiner.average_momentum=true"]),
+        # AdamW's two moments and its bias correction (a function of the step) carry over;
+        # the schedule's horizon is pinned so the 20-step run is on the 37-step curve.
+        ("grad_avg", ["optimizer=adamw", "schedule=warmup_cosine", "schedule.steps=37"]),
+        (
+            "local_sgd",
+            ["combiner.period=3", "combiner.average_state=true", "optimizer=adamw"],
+        ),
+    ],
 )
 def test_a_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(tmp_path, combiner, extra):
     common = [*TINY, "workers=2", f"combiner={combiner}", *extra]

@@ -10,13 +10,16 @@ from fastdist.combiners import FinalizeInputs, weight_avg
 from fastdist.data.datasets import load_dataset, shard_bounds
 from fastdist.models.kernels.reference_mlp import loss_and_grad
 from fastdist.models.mlp import MLP
-from fastdist.optim.sgd import sgd_update
+from fastdist.optim.clipping import clip_scale
+from fastdist.optim.schedules import LearningRate
+from fastdist.run.records import build_optimizer, build_schedule
 from fastdist.run.worker import epoch_order
 
 
-def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
-    """Single-process SGD with batch workers*B over exactly the samples the workers
-    visit, computed with the NumPy reference."""
+def _replay_large_batch(cfg, workers: int, steps: int, clip: bool = True) -> np.ndarray:
+    """Single-process training with batch workers*B over exactly the samples the
+    workers visit, computed with the NumPy reference: the configured optimizer record,
+    schedule and (unless ``clip=False``) global-norm clipping, on the whole vector."""
     data = load_dataset(cfg.dataset)
     seed, batch = int(cfg.seed), int(cfg.batch_size)
     order = np.random.default_rng(seed).permutation(len(data.y_train))
@@ -26,8 +29,9 @@ def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
     per_epoch = shard_size // batch
     layout = MLP((data.n_features, *cfg.model.hidden, data.n_classes))
     params = layout.init(seed)
-    momentum = np.zeros_like(params)
-    opt = cfg.optimizer
+    opt = build_optimizer(cfg.optimizer)
+    rates = LearningRate(opt.lr, 1.0, build_schedule(cfg.schedule), steps)
+    state = [np.zeros_like(params) for _ in opt.state_names]
     for step in range(steps):
         epoch, b = divmod(step, per_epoch)
         idx = np.concatenate(
@@ -37,27 +41,40 @@ def _replay_large_batch_sgd(cfg, workers: int, steps: int) -> np.ndarray:
             ]
         )
         _, grad, _ = loss_and_grad(layout, params, x[idx], y[idx])
-        sgd_update(
-            params,
-            momentum,
-            grad,
-            np.float32(opt.lr),
-            np.float32(opt.momentum),
-            np.float32(opt.weight_decay),
-            0,
-            layout.size,
-        )
+        scale = 1.0
+        if clip and opt.clip_norm is not None:
+            scale = clip_scale(float(np.sum(grad.astype(np.float64) ** 2)), opt.clip_norm)
+        opt.update(params, state, grad, 0, layout.size, step, lr=rates(step), grad_scale=scale)
     return params
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_grad_avg_equals_single_process_large_batch_sgd(tiny_overrides, workers):
+@pytest.mark.parametrize(
+    "optimizer",
+    [[], ["optimizer=adamw", "optimizer.lr=0.01", "schedule=warmup_cosine"]],
+    ids=["sgd", "adamw"],
+)
+def test_grad_avg_equals_single_process_large_batch(tiny_overrides, workers, optimizer):
     steps = 24  # crosses an epoch boundary (512 // workers // 16 steps per epoch)
-    cfg = fastdist.compose([*tiny_overrides, f"workers={workers}", f"steps={steps}"])
+    cfg = fastdist.compose([*tiny_overrides, *optimizer, f"workers={workers}", f"steps={steps}"])
     result = fastdist.train(cfg)
-    expected = _replay_large_batch_sgd(cfg, workers, steps)
+    expected = _replay_large_batch(cfg, workers, steps)
     got = result.worker_params[0]
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
+
+
+def test_clip_norm_under_grad_avg_equals_one_process(tiny_overrides):
+    """The norm clipped is that of the AVERAGED gradient, summed from the workers'
+    slices: the same as one process with the whole batch."""
+    steps = 24
+    overrides = ["optimizer=adamw", "optimizer.lr=0.01", "optimizer.clip_norm=0.05"]
+    cfg = fastdist.compose([*tiny_overrides, *overrides, "workers=2", f"steps={steps}"])
+    got = fastdist.train(cfg).worker_params[0]
+    expected = _replay_large_batch(cfg, 2, steps)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
+    # ... and the clipping did something: without it the run ends elsewhere.
+    unclipped = _replay_large_batch(cfg, 2, steps, clip=False)
+    assert np.linalg.norm(got - unclipped) / np.linalg.norm(unclipped) > 1e-3
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 

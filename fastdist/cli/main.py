@@ -58,7 +58,7 @@ def _run(cfg: DictConfig) -> float:
     from fastdist.run.coordinator import train
 
     out_dir = HydraConfig.get().runtime.output_dir
-    if cfg.get("quiet"):
+    if cfg.quiet:
         logging.getLogger("fastdist").setLevel(logging.WARNING)
     warning = check_sweep_fits(cfg)
     if warning:

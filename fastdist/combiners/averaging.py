@@ -55,19 +55,31 @@ def weight_avg(init: str = "shared") -> Combiner:
 
 
 def local_sgd(
-    period: int | None = 8, average_momentum: bool = False, init: str = "shared"
+    period: int | None = 8,
+    average_state: bool = False,
+    init: str = "shared",
+    average_momentum: bool | None = None,
 ) -> Combiner:
-    """Local SGD / periodic averaging: H local steps, then the parameter vectors (and
-    optionally the momentum buffers) are averaged in shared memory.
+    """Local SGD / periodic averaging: H local steps, then the parameter vectors (and,
+    with ``average_state``, every optimizer-state vector: momentum, Adam's moments)
+    are averaged in shared memory. Without it each worker keeps its own state.
 
     ``period=1`` with plain SGD reproduces ``grad_avg``: averaging theta_i - lr*g_i
     equals theta - lr*mean(g_i). ``period=None`` never averages during training, which
-    is one-shot weight averaging.
+    is one-shot weight averaging. ``average_momentum`` is the former name of
+    ``average_state`` (kept so existing sweeps run unchanged).
     """
     if period is not None and (not isinstance(period, int) or period < 1):
         raise ConfigError(f"combiner.period must be a positive integer or null, got {period!r}")
+    if average_momentum is not None:
+        if average_state and not average_momentum:
+            raise ConfigError(
+                "combiner.average_momentum is the old name of combiner.average_state: "
+                "set only average_state"
+            )
+        average_state = bool(average_momentum)
     if period is None:
         schedule = SyncSchedule(Sync.NONE)
     else:
-        schedule = SyncSchedule(Sync.PARAMETERS, period, average_state=bool(average_momentum))
+        schedule = SyncSchedule(Sync.PARAMETERS, period, average_state=bool(average_state))
     return Combiner("local_sgd", schedule, _average, init=check_init(init))

@@ -1,5 +1,5 @@
 """fastdist's Hydra configs. Each file in a record group (``combiner/``, ``model/``,
-``optimizer/``) names its factory in ``_target_``: these files ARE the registry of
+``optimizer/``, ``schedule/``) names its factory in ``_target_``: these files ARE the registry of
 fastdist's own records (:func:`registered`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from importlib.resources import files
 
 __all__ = ["RECORD_GROUPS", "registered"]
 
-RECORD_GROUPS = ("combiner", "model", "optimizer")
+RECORD_GROUPS = ("combiner", "model", "optimizer", "schedule")
 
 
 @functools.cache

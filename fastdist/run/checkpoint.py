@@ -32,6 +32,8 @@ _TRAJECTORY_KEYS = (
     "dataset",
     "model",
     "optimizer",
+    "schedule",
+    "lr_scaling",
 )
 
 

@@ -2,7 +2,7 @@
 
 Top-level keys and their defaults live in :class:`FastdistConfig` (``conf/config.yaml``
 only chooses the groups). Each dataset has its own dataclass
-(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer) gets
+(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer, schedule) gets
 a schema generated from its factory's keyword arguments, so a factory's signature is
 the one place its options and defaults are written. Every group YAML extends its schema
 (``/schema/<group>/<name>@_here_`` in its defaults list): a misspelt key or a wrong type
@@ -40,6 +40,7 @@ __all__ = [
     "FailurePolicy",
     "FastdistConfig",
     "PoolConfig",
+    "LrScaling",
     "compose",
     "record_schema",
     "register_configs",
@@ -57,6 +58,11 @@ class Backend(enum.Enum):
 # "respawn" restarts every worker from the last checkpoint (or step 0). The functional
 # form because "continue" is a keyword (OmegaConf matches members by name).
 FailurePolicy = enum.Enum("FailurePolicy", [(v, v) for v in ("fail", "continue", "respawn")])
+
+
+# optimizer.lr times 1, the number of workers, or its square root (Goyal et al. 2017's
+# linear rule; pair it with a warm-up, e.g. schedule.warmup_steps).
+LrScaling = enum.Enum("LrScaling", [(v, v) for v in ("none", "linear", "sqrt")])
 
 
 class Dist(enum.Enum):
@@ -104,6 +110,7 @@ class FastdistConfig:
     on_worker_failure: FailurePolicy = FailurePolicy["fail"]
     max_respawns: int = 3
     dist: Dist = Dist.local
+    lr_scaling: LrScaling = LrScaling["none"]
     backend: BackendConfig = field(default_factory=BackendConfig)
     # Watching a run (run/progress.py, run/history.py): the display, how chatty the
     # log is, and the history.csv rows (plus a tracker: logger=tensorboard).
@@ -117,6 +124,7 @@ class FastdistConfig:
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
+    schedule: Any = MISSING  # the learning-rate schedule (conf/schedule/)
 
 
 def _schema_type(annotation: Any) -> Any:
@@ -208,11 +216,9 @@ def validate(cfg) -> None:
     need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
     need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
     need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
-    history = cfg.get("history") or {}
-    need(
-        int(history.get("every", 1)) >= 0, f"history.every must be >= 0, got {history.get('every')}"
-    )
-    eval_every = history.get("eval_every")
+    history = cfg.history
+    need(int(history.every) >= 0, f"history.every must be >= 0, got {history.every}")
+    eval_every = history.eval_every
     need(
         eval_every is None or int(eval_every) >= 0,
         f"history.eval_every must be >= 0, got {eval_every}",

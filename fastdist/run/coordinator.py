@@ -22,6 +22,7 @@ from fastdist.engine.shm import SharedArena
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
+from fastdist.optim.schedules import LearningRate, lr_scale
 from fastdist.run.checkpoint import config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
@@ -29,7 +30,7 @@ from fastdist.run.distributed import world
 from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
-from fastdist.run.records import build_combiner, build_model, build_optimizer
+from fastdist.run.records import build_combiner, build_model, build_optimizer, build_schedule
 from fastdist.run.supervision import check_failure_policy, supervise
 from fastdist.run.watch import history_plan, watch
 from fastdist.run.worker import WorkerSpec
@@ -74,6 +75,7 @@ def train(cfg) -> RunResult:
     for name in remove_stale_segments():
         log.warning("removed /dev/shm/%s, left by a run that was killed", name)
     combiner, optimizer = build_combiner(cfg.combiner), build_optimizer(cfg.optimizer)
+    lr_schedule = build_schedule(cfg.schedule)
     fraction = held_out_fraction(cfg, combiner)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
@@ -85,6 +87,9 @@ def train(cfg) -> RunResult:
     if combiner.check_model is not None:
         combiner.check_model(model)
     batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
+    # One pure function of the global step: every worker computes the same rate.
+    scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
+    rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     rows, shards = place.node_rows(data.shards)
@@ -107,6 +112,7 @@ def train(cfg) -> RunResult:
             batch_size=batch,
             total_steps=total_steps,
             optimizer=optimizer,
+            rates=rates,
             seed=int(cfg.seed),
             threads=int(cfg.backend.threads),
             backend_options=_backend_options(cfg),
@@ -261,6 +267,9 @@ def _arena_arrays(
         "grads": ((workers, size), np.float32),
         "progress": ((workers, 8), np.int64),  # steps done per worker (one cache line)
     }
+    if optimizer.clip_norm is not None:
+        # Each worker's partial sum of squares of the averaged gradient (one cache line).
+        arrays["grad_norm_parts"] = ((workers, 8), np.float64)
     if place.mpi:
         averaged = 1 + (n_state if combiner.schedule.average_state else 0)
         arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)

@@ -79,8 +79,11 @@ class HistoryConfig:
     eval_every: int | None = None
 
 
-def learning_rate(optimizer: Optimizer, step: int) -> float:
-    """The learning rate the optimizer applies at ``step`` (its ``lr`` record field)."""
+def learning_rate(optimizer: Optimizer, step: int, rates=None) -> float:
+    """The learning rate of the last of ``step`` steps: the schedule's rate (with the
+    worker-count scaling) when the run has one, else the optimizer's ``lr``."""
+    if rates is not None:
+        return float(rates(max(step - 1, 0)))
     return float(getattr(optimizer, "lr", math.nan))
 
 

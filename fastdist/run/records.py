@@ -1,4 +1,4 @@
-"""Building the records a config names: combiner, model, optimizer.
+"""Building the records a config names: combiner, model, optimizer, schedule.
 
 A record is whatever the factory in its node's ``_target_`` returns; it must be of the
 group's record type. Configs composed from the user's own command line may name any
@@ -19,10 +19,22 @@ from fastdist.conf import registered
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
+from fastdist.optim.schedules import Schedule
 
-__all__ = ["build_combiner", "build_model", "build_optimizer", "check_saved_overrides"]
+__all__ = [
+    "build_combiner",
+    "build_model",
+    "build_optimizer",
+    "build_schedule",
+    "check_saved_overrides",
+]
 
-_RECORD_TYPES = {"combiner": Combiner, "model": Model, "optimizer": Optimizer}
+_RECORD_TYPES = {
+    "combiner": Combiner,
+    "model": Model,
+    "optimizer": Optimizer,
+    "schedule": Schedule,
+}
 
 
 def _factory(target: str, group: str, trusted: bool):
@@ -72,6 +84,10 @@ def build_combiner(node, trusted: bool = True) -> Combiner:
 
 def build_optimizer(node, trusted: bool = True) -> Optimizer:
     return _build(node, "optimizer", trusted)
+
+
+def build_schedule(node, trusted: bool = True) -> Schedule:
+    return _build(node, "schedule", trusted)
 
 
 def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:

@@ -37,9 +37,9 @@ def history_plan(cfg, shards, batch: int, mpi: bool) -> tuple[int, int, int]:
     """(steps per epoch, steps between history rows, steps between evaluations; 0 =
     never). An evaluation needs every parameter row on this machine: none under MPI."""
     steps_per_epoch = max(min(hi - lo for lo, hi in shards) // batch, 1)
-    history = cfg.get("history") or {}
-    every = int(history.get("every", 10))
-    eval_every = history.get("eval_every")
+    history = cfg.history
+    every = int(history.every)
+    eval_every = history.eval_every
     eval_every = steps_per_epoch if eval_every is None else int(eval_every)
     if mpi or not every:
         eval_every = 0
@@ -48,14 +48,14 @@ def history_plan(cfg, shards, batch: int, mpi: bool) -> tuple[int, int, int]:
 
 def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_per_epoch):
     """The handler of the workers' messages for this run (``EpochLog``)."""
-    quiet = bool(cfg.get("quiet", False)) or place.node != 0
+    quiet = bool(cfg.quiet) or place.node != 0
     history = None
     if spec.history_every:
         history = History(
             workers=place.workers,
             batch=spec.batch_size,
             steps_per_epoch=steps_per_epoch,
-            lr=lambda step: learning_rate(optimizer, step),
+            lr=lambda step: learning_rate(optimizer, step, spec.rates),
             schedule=combiner.schedule,
             sync_bytes=bytes_per_sync(
                 combiner.schedule,
@@ -66,10 +66,10 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
             score=combined_scorer(combiner, model, data, spec.seed) if spec.eval_every else None,
             arena=arena,
             # MPI ranks > 0 record nothing: rank 0 writes the run's files.
-            sinks=make_sinks(cfg.get("logger"), run_dir(), COLUMNS) if place.node == 0 else [],
+            sinks=make_sinks(cfg.logger, run_dir(), COLUMNS) if place.node == 0 else [],
         )
     display = make_display(
-        enum_value(cfg.get("progress", "auto")),
+        enum_value(cfg.progress),
         spec.total_steps,
         quiet=quiet,
         multirun_job=multirun_job(),
@@ -77,7 +77,7 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
     if history is not None:
         if display is not None:
             history.listeners.append(display)
-        if bool(cfg.get("verbose", False)) and not quiet:
+        if bool(cfg.verbose) and not quiet:
             history.listeners.append(_log_row)
     return EpochLog(place.workers, quiet=quiet, history=history, display=display)
 

@@ -23,6 +23,8 @@ from fastdist.engine.shm import ArenaSpec, SharedArena
 from fastdist.errors import DivergenceError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
+from fastdist.optim.clipping import GlobalNormClip
+from fastdist.optim.schedules import LearningRate
 from fastdist.run.history import StepReporter
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
@@ -55,6 +57,8 @@ class WorkerSpec:
     # snapshot every eval_every steps (0 = never).
     history_every: int = 0
     eval_every: int = 0
+    # The rate of each global step (schedule x lr_scaling); None: optimizer.lr throughout.
+    rates: LearningRate | None = None
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -96,6 +100,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     progress = arena["progress"][rank]
     fault = fault_plan()  # None except in fault-injection tests
     reporter = StepReporter(ctx, spec, arena, params)
+    clip = None
+    if opt.clip_norm is not None:
+        clip = GlobalNormClip(opt.clip_norm, arena["grad_norm_parts"], rank, ctx.barrier)
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, model.n_inputs), dtype=np.float32)
@@ -131,26 +138,34 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 raise DivergenceError(
                     f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
                 )
+            lr = opt.lr if spec.rates is None else spec.rates(step)
             if schedule.exchange is Sync.GRADIENTS:
                 # Sync point 1: every gradient slot is written. Worker k then averages
                 # slice k of all slots and updates slice k of the shared parameters
-                # (reduce-scatter fused with a sharded optimizer step).
+                # (reduce-scatter fused with a sharded optimizer step). Clipping first
+                # meets the others once more to add up the norm of the mean.
                 ctx.barrier.wait()
                 if node is None:
-                    opt.update_from_mean(params, state, grads, my_lo, my_hi, step)
+                    scale = 1.0 if clip is None else clip.scale_for_mean(grads, my_lo, my_hi)
+                    opt.update_from_mean(
+                        params, state, grads, my_lo, my_hi, step, lr=lr, grad_scale=scale
+                    )
                 else:
                     # Across nodes: node mean of the slice, then the coordinator's
                     # MPI allreduce turns it into the global mean, then the update.
                     mean_rows_into(grads, node.means[0], my_lo, my_hi)
                     node.allreduce()
-                    opt.update(params, state, node.means[0], my_lo, my_hi, step)
+                    mean = node.means[0]
+                    scale = 1.0 if clip is None else clip.scale_for_slices(mean, my_lo, my_hi)
+                    opt.update(params, state, mean, my_lo, my_hi, step, lr=lr, grad_scale=scale)
                 # Sync point 2: the whole parameter vector is updated before anyone
                 # starts the next forward pass.
                 ctx.barrier.wait()
             else:
                 # Own parameters (local SGD, independent training), or, under Hogwild,
                 # the shared vector written without a lock while others read it.
-                opt.update(params, state, grad, 0, params.shape[0], step)
+                scale = 1.0 if clip is None else clip.scale_for_own(grad)
+                opt.update(params, state, grad, 0, params.shape[0], step, lr=lr, grad_scale=scale)
                 if schedule.sync_at(step):
                     ctx.barrier.wait()  # all rows hold their local step's result
                     averaged = [param_rows]
