@@ -84,15 +84,17 @@ def linear_softmax(*, input_shape, n_classes) -> LinearSoftmax:
 @dataclass(frozen=True)
 class SignSGD(Optimizer):
     lr: float = 0.01
+    clip_norm: float | None = None  # a positive scale cannot change a sign: unused
 
     name = "sign_sgd"
     state_names = ()  # no state rows in the arena
 
-    def update(self, params, state, grad, lo, hi, step):
-        params[lo:hi] -= np.float32(self.lr) * np.sign(grad[lo:hi])
+    def update(self, params, state, grad, lo, hi, step, lr=None, grad_scale=1.0):
+        params[lo:hi] -= self.rate(lr) * np.sign(grad[lo:hi])
 
-    def update_from_mean(self, params, state, grads, lo, hi, step):
-        self.update(params, state, grads[:, lo:hi].mean(axis=0), 0, hi - lo, step)
+    def update_from_mean(self, params, state, grads, lo, hi, step, lr=None, grad_scale=1.0):
+        mean = grads[:, lo:hi].mean(axis=0)  # this worker's slice of the averaged gradient
+        params[lo:hi] -= self.rate(lr) * np.sign(mean)
 
 
 def sign_sgd(lr: float = 0.01) -> SignSGD:
