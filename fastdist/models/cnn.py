@@ -288,17 +288,17 @@ def cnn(
     convs = []
     for layer, cout in enumerate(outs):
         two = dims == 2
-        layer = ConvLayer(
+        conv = ConvLayer(
             cin, h, w, cout,
             ks[layer] if two else 1, ks[layer], ss[layer] if two else 1, ss[layer],
             ps[layer] if two else 0, ps[layer], qs[layer] if two else 1, qs[layer],
         )  # fmt: skip
-        if layer.ho < 1 or layer.wo < 1 or layer.hp < 1 or layer.wp < 1:
+        if conv.ho < 1 or conv.wo < 1 or conv.hp < 1 or conv.wp < 1:
             raise ConfigError(
                 f"model=cnn: conv layer {layer} leaves no output for an input of {h}x{w} "
                 f"(kernel {ks[layer]}, stride {ss[layer]}, padding {ps[layer]}, pool {qs[layer]})"
             )
-        convs.append(layer)
-        cin, h, w = cout, layer.hp, layer.wp
+        convs.append(conv)
+        cin, h, w = cout, conv.hp, conv.wp
     return CNN(dims, tuple(int(v) for v in (convs[0].cin, convs[0].h, convs[0].w)), tuple(convs),
                (cin * h * w, *widths, int(n_classes)))  # fmt: skip
