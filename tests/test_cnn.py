@@ -21,8 +21,18 @@ from fastdist.run.records import build_model
 # no dense hidden layer, batches of one.
 CASES = [
     ((40,), dict(channels=[5, 4], kernel_sizes=[5, 3], strides=[2], padding=[1], pool=[1]), 3),
-    ((9, 10), dict(channels=[3, 4], kernel_sizes=[3, 2], strides=[1, 2], padding=[1, 0],
-                   pool=[2, 1], hidden=[]), 4),  # fmt: skip
+    (
+        (9, 10),
+        dict(
+            channels=[3, 4],
+            kernel_sizes=[3, 2],
+            strides=[1, 2],
+            padding=[1, 0],
+            pool=[2, 1],
+            hidden=[],
+        ),
+        4,
+    ),  # fmt: skip
     ((2, 7, 8), dict(channels=[3], kernel_sizes=[3], strides=[2], padding=[3], pool=[3]), 1),
     ((3, 12), dict(channels=[4, 2], kernel_sizes=[3], pool=[2], spatial_dims=1), 2),
     ((11,), dict(channels=[2, 3], kernel_sizes=[1, 2], strides=[3, 1], padding=[0, 1]), 5),
@@ -84,7 +94,10 @@ def test_reference_matches_finite_differences(shape, options, batch):
     for i in rng.choice(model.size, size=25, replace=False):
         step = np.zeros_like(theta)
         step[i] = eps
-        up, down = loss_and_grad(model, theta + step, x, y)[0], loss_and_grad(model, theta - step, x, y)[0]
+        up, down = (
+            loss_and_grad(model, theta + step, x, y)[0],
+            loss_and_grad(model, theta - step, x, y)[0],
+        )
         assert grad[i] == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7)
 
 
@@ -139,7 +152,9 @@ def _random_perms(model, seed):
     return [rng.permutation(n) for n in sizes]
 
 
-@pytest.mark.parametrize(("shape", "options"), [(CASES[0][0], CASES[0][1]), (CASES[1][0], CASES[1][1])])
+@pytest.mark.parametrize(
+    ("shape", "options"), [(CASES[0][0], CASES[0][1]), (CASES[1][0], CASES[1][1])]
+)
 def test_permuted_channels_keep_the_function_and_alignment_recovers_them(shape, options):
     model, theta, x, _ = _case(shape, dict(options, hidden=[6]), 5)
     assert model.permutation_spec().names[-1] == "h1"
@@ -161,3 +176,25 @@ def test_fisher_matches_brute_force_on_a_tiny_cnn():
     )  # fmt: skip
     got = diagonal_fisher(model, theta, x, y, n_samples=9, labels="true")
     np.testing.assert_allclose(got, brute, rtol=1e-6, atol=1e-12)
+
+
+# --- end to end: every combiner trains and evaluates the CNN -------------------------
+
+_TINY_CNN = [
+    "model=cnn",
+    "model.channels=[4]",
+    "model.pool=[2]",
+    "model.hidden=[]",
+    "dataset=digits",
+]
+
+
+@pytest.mark.parametrize(
+    "combiner",
+    ["grad_avg", "local_sgd", "hogwild", "weight_avg", "ensemble", "soup_uniform",
+     "soup_greedy", "aligned_avg", "fisher_avg"],
+)  # fmt: skip
+def test_every_combiner_trains_the_cnn(combiner):
+    overrides = [*_TINY_CNN, f"combiner={combiner}", "workers=2", "epochs=4", "diagnostics=false"]
+    metrics = fastdist.train(fastdist.compose(overrides)).metrics
+    assert metrics["test_accuracy"] > 0.8, metrics  # chance is 0.1
