@@ -204,9 +204,7 @@ class JaxKernel:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._traces = {"loss_and_grad": 0, "predict": 0}
-        self._loss_and_grad, self._predict = jit_loss_and_predict(
-            self._forward(mlp), self._traces
-        )
+        self._loss_and_grad, self._predict = jit_loss_and_predict(self._forward(mlp), self._traces)
         self._pad: np.ndarray | None = None  # the short last chunk of logits()
 
     def _forward(self, model):
