@@ -198,3 +198,15 @@ def test_every_combiner_trains_the_cnn(combiner):
     overrides = [*_TINY_CNN, f"combiner={combiner}", "workers=2", "epochs=4", "diagnostics=false"]
     metrics = fastdist.train(fastdist.compose(overrides)).metrics
     assert metrics["test_accuracy"] > 0.8, metrics  # chance is 0.1
+
+
+def test_w3_gives_synthetic_images_their_shape():
+    from fastdist.data.datasets import load_dataset
+
+    cfg = fastdist.compose(["experiment=w3", "dataset.n_train=16", "dataset.n_test=4"])
+    assert cfg.model._target_ == "fastdist.models.cnn.cnn" and cfg.batch_size == 64
+    data = load_dataset(cfg.dataset)
+    assert data.input_shape == (28, 28) and data.x_train.shape == (16, 784)
+    bad = fastdist.compose(["experiment=w3", "dataset.sample_shape=[27,28]"])
+    with pytest.raises(ConfigError, match="must hold n_features=784"):
+        load_dataset(bad.dataset)
