@@ -21,6 +21,9 @@ from numba import njit
 __all__ = ["NumbaCNNKernel"]
 
 # Columns of a geometry row (ConvLayer.row()).
+# im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
+_CHUNK_FLOATS = 1 << 17
+
 _GEOM = (
     "cin",
     "h",
@@ -42,9 +45,10 @@ _GEOM = (
 
 
 @njit(cache=True, nogil=True)
-def _im2col(a, first, g, batch, cols):
-    """``cols[(b, oh, ow), (i, j, c)]`` = input pixel, or 0 in the padding.
-    ``a`` is flat: NCHW rows for the first layer (arena rows), NHWC afterwards."""
+def _im2col(a, first, g, b0, b1, cols):
+    """``cols[(b - b0, oh, ow), (i, j, c)]`` = input pixel, or 0 in the padding, for the
+    samples ``b0 <= b < b1``. ``a`` is flat: NCHW rows for the first layer (arena rows),
+    NHWC afterwards (runs of ``cin`` contiguous floats)."""
     cin, h, w = g[0], g[1], g[2]
     kh, kw, sh, sw, ph, pw, ho, wo = g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11]
     if first:
@@ -52,10 +56,10 @@ def _im2col(a, first, g, batch, cols):
     else:
         sb, sc, sy, sx = h * w * cin, 1, w * cin, cin
     patch = kh * kw * cin
-    for b in range(batch):
+    for b in range(b0, b1):
         for oh in range(ho):
             for ow in range(wo):
-                r = ((b * ho + oh) * wo + ow) * patch
+                r = (((b - b0) * ho + oh) * wo + ow) * patch
                 k = 0
                 for i in range(kh):
                     y = oh * sh - ph + i
@@ -63,26 +67,28 @@ def _im2col(a, first, g, batch, cols):
                         xx = ow * sw - pw + j
                         if 0 <= y < h and 0 <= xx < w:
                             base = b * sb + y * sy + xx * sx
-                            for c in range(cin):
-                                cols[r + k + c] = a[base + c * sc]
+                            if sc == 1:
+                                cols[r + k : r + k + cin] = a[base : base + cin]
+                            else:
+                                for c in range(cin):
+                                    cols[r + k + c] = a[base + c * sc]
                         else:
-                            for c in range(cin):
-                                cols[r + k + c] = 0.0
+                            cols[r + k : r + k + cin] = 0.0
                         k += cin
 
 
 @njit(cache=True, nogil=True)
-def _col2im(dcols, g, batch, da):
-    """Adjoint of :func:`_im2col` into NHWC ``da`` (flat, zeroed here)."""
+def _col2im(dcols, g, b0, b1, da):
+    """Adjoint of :func:`_im2col` (NHWC) into ``da`` for samples ``b0 <= b < b1``
+    (their part of ``da`` is zeroed here)."""
     cin, h, w = g[0], g[1], g[2]
     kh, kw, sh, sw, ph, pw, ho, wo = g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11]
     patch = kh * kw * cin
-    for t in range(batch * h * w * cin):
-        da[t] = 0.0
-    for b in range(batch):
+    da[b0 * h * w * cin : b1 * h * w * cin] = 0.0
+    for b in range(b0, b1):
         for oh in range(ho):
             for ow in range(wo):
-                r = ((b * ho + oh) * wo + ow) * patch
+                r = (((b - b0) * ho + oh) * wo + ow) * patch
                 k = 0
                 for i in range(kh):
                     y = oh * sh - ph + i
@@ -99,8 +105,9 @@ def _col2im(dcols, g, batch, da):
 def _forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts):
     """Fill the workspaces; return the logits (batch, classes) view of ``acts``.
 
-    ``offs[layer]`` = (weight, bias, cols, z, pooled) offsets of conv l; dense layer j's
-    (weight, bias) offsets are ``offs[n_conv + j, :2]``, its output at ``offs[.., 3]``.
+    ``offs[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
+    offset) of a conv layer; dense layer j's (weight, bias) offsets are
+    ``offs[n_conv + j, :2]``, its output at ``offs[n_conv + j, 3]``.
     """
     n_conv = geom.shape[0]
     a = x.reshape(x.size)
@@ -110,13 +117,17 @@ def _forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts
         ho, wo, qh, qw, hp, wp = g[10], g[11], g[12], g[13], g[14], g[15]
         patch = kh * kw * cin
         rows = batch * ho * wo
-        c2 = cols[offs[layer, 2] : offs[layer, 2] + rows * patch]
-        _im2col(a, layer == 0, g, batch, c2)
         wmat = params[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
         bias = params[offs[layer, 1] : offs[layer, 1] + cout]
         z = zbuf[offs[layer, 3] : offs[layer, 3] + rows * cout]
         z2 = z.reshape((rows, cout))
-        np.dot(c2.reshape((rows, patch)), wmat, z2)
+        step = offs[layer, 2]  # samples per chunk: the chunk's im2col stays in cache
+        for b0 in range(0, batch, step):
+            b1 = min(b0 + step, batch)
+            n = (b1 - b0) * ho * wo
+            c2 = cols[: n * patch].reshape((n, patch))
+            _im2col(a, layer == 0, g, b0, b1, cols)
+            np.dot(c2, wmat, z2[b0 * ho * wo : b1 * ho * wo])
         for r in range(rows):
             for c in range(cout):
                 v = z2[r, c] + bias[c]
@@ -164,7 +175,22 @@ def _forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts
 
 @njit(cache=True, nogil=True)
 def _loss_and_grad(
-    params, geom, dense, offs, x, y, grad, cols, zbuf, pbuf, argbuf, acts, dcols, delta_a, delta_b
+    params,
+    geom,
+    dense,
+    offs,
+    x,
+    y,
+    grad,
+    cols,
+    zbuf,
+    pbuf,
+    argbuf,
+    acts,
+    dcols,
+    gw_part,
+    delta_a,
+    delta_b,
 ):
     batch = x.shape[0]
     n_conv = geom.shape[0]
@@ -263,15 +289,37 @@ def _loss_and_grad(
         for r in range(rows):
             for c in range(cout):
                 gb[c] += dz2[r, c]
-        c2 = cols[offs[layer, 2] : offs[layer, 2] + rows * patch].reshape((rows, patch))
+        # Per chunk of samples, all in cache: im2col again (cheaper than keeping the
+        # whole batch's columns in memory), backward-weights accumulated, backward-data
+        # and col2im.
         gw = grad[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
-        np.dot(c2.T, dz2, gw)
+        part = gw_part[: patch * cout].reshape((patch, cout))
+        wmat = params[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
+        a = x.reshape(x.size)
         if layer > 0:
-            wmat = params[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
-            dc = dcols[: rows * patch]
-            np.dot(dz2, wmat.T, dc.reshape((rows, patch)))
-            da = (delta_b if dz_in_a else delta_a)[: batch * g[1] * g[2] * cin]
-            _col2im(dc, g, batch, da)
+            prev = geom[layer - 1]
+            if prev[12] * prev[13] > 1:
+                a = pbuf[offs[layer - 1, 4] : offs[layer - 1, 4] + batch * g[0] * g[1] * g[2]]
+            else:
+                a = zbuf[offs[layer - 1, 3] : offs[layer - 1, 3] + batch * g[0] * g[1] * g[2]]
+        da = (delta_b if dz_in_a else delta_a)[: batch * g[1] * g[2] * cin]
+        step = offs[layer, 2]
+        for b0 in range(0, batch, step):
+            b1 = min(b0 + step, batch)
+            n = (b1 - b0) * ho * wo
+            c2 = cols[: n * patch].reshape((n, patch))
+            _im2col(a, layer == 0, g, b0, b1, cols)
+            dzc = dz2[b0 * ho * wo : b1 * ho * wo]
+            if b0 == 0:
+                np.dot(c2.T, dzc, gw)
+            else:
+                np.dot(c2.T, dzc, part)
+                gw += part
+            if layer > 0:
+                dc = dcols[: n * patch]
+                np.dot(dzc, wmat.T, dc.reshape((n, patch)))
+                _col2im(dc, g, b0, b1, da)
+        if layer > 0:
             in_a = not dz_in_a
     return loss, correct
 
@@ -297,25 +345,27 @@ class NumbaCNNKernel:
         self._workspaces: dict[int, tuple] = {}
 
     def _workspace(self, rows: int) -> tuple:
-        """(offsets, cols, z, pooled, argmax, dense acts, dcols, delta_a, delta_b) for
+        """(offsets, cols, z, pooled, argmax, dense acts, dcols, dW part, delta_a, delta_b) for
         up to ``rows`` rows, allocated once per size."""
         if rows in self._workspaces:
             return self._workspaces[rows]
         m = self.model
         layout = m.layout
         offs = np.zeros((len(m.convs) + len(m.dense) - 1, 5), dtype=np.int64)
-        n_cols = n_z = n_p = n_acts = widest_cols = 0
+        n_z = n_p = n_acts = n_cols = widest_w = 0
         widest = max(m.dense)
         for layer, c in enumerate(m.convs):
             weight, bias = (
                 layout.bounds(f"conv{layer}.weight")[0],
                 layout.bounds(f"conv{layer}.bias")[0],
             )
-            offs[layer] = (weight, bias, n_cols, n_z, n_p)
-            n_cols += rows * c.ho * c.wo * c.patch
+            # Samples per chunk: im2col columns of about _CHUNK_FLOATS, at least one sample.
+            step = max(1, min(rows, _CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
+            offs[layer] = (weight, bias, step, n_z, n_p)
+            n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
+            widest_w = max(widest_w, c.patch * c.cout)
             n_z += rows * c.ho * c.wo * c.cout
             n_p += rows * c.hp * c.wp * c.cout if c.qh * c.qw > 1 else 0
-            widest_cols = max(widest_cols, rows * c.ho * c.wo * c.patch)
             widest = max(widest, c.ho * c.wo * c.cout, c.h * c.w * c.cin)
         for j in range(len(m.dense) - 1):
             offs[len(m.convs) + j] = (layout.bounds(f"dense{j}.weight")[0],
@@ -329,7 +379,8 @@ class NumbaCNNKernel:
             np.empty(max(n_p, 1), f32),
             np.empty(max(n_p, 1), np.int64),
             np.empty(max(n_acts, 1), f32),
-            np.empty(max(widest_cols, 1), f32),
+            np.empty(max(n_cols, 1), f32),
+            np.empty(max(widest_w, 1), f32),
             np.empty(rows * widest, f32),
             np.empty(rows * widest, f32),
         )
@@ -345,17 +396,17 @@ class NumbaCNNKernel:
         if x.shape[0] == 0:
             grad_out[:] = 0.0
             return 0.0, 0
-        offs, cols, z, p, arg, acts, dcols, da, db = self._workspace(self.max_batch)
+        offs, cols, z, p, arg, acts, dcols, part, da, db = self._workspace(self.max_batch)
         loss, correct = _loss_and_grad(
             params, self._geom, self._dense, offs, np.ascontiguousarray(x), y, grad_out,
-            cols, z, p, arg, acts, dcols, da, db,
+            cols, z, p, arg, acts, dcols, part, da, db,
         )  # fmt: skip
         return float(loss), int(correct)
 
     def logits(self, params: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
         """Logits of ``x`` into ``out``, in chunks."""
         chunk = min(self.max_batch, self._PREDICT_CHUNK)
-        offs, cols, z, p, arg, acts, _, _, _ = self._workspace(chunk)
+        offs, cols, z, p, arg, acts, _, _, _, _ = self._workspace(chunk)
         for lo in range(0, x.shape[0], chunk):
             hi = min(lo + chunk, x.shape[0])
             xs = np.ascontiguousarray(x[lo:hi], dtype=np.float32)
