@@ -67,6 +67,8 @@ def contenders(steps: int) -> dict[str, tuple[list[str], int | None]]:
             1,
         ),
         "jax_native_1core": ([*peer, "jax_single", *timed, "--workers", "1", "--cpus", "1"], 1),
+        # diagnostic: fastdist's kernel + SGD in a plain loop (no workers, no arena)
+        "numba_kernel_loop_1p": ([*peer, "numba_kernel", *timed, "--workers", "1"], 1),
     }
 
 

@@ -234,7 +234,39 @@ def jax_single(steps: int, warmup: int, workers: int, batch: int, seed: int, cpu
     )
 
 
-PEERS = {"torch_single": torch_single, "torch_ddp": torch_ddp, "jax_single": jax_single}
+def numba_kernel(steps: int, warmup: int, workers: int, batch: int, seed: int) -> dict:
+    """Not a peer: fastdist's Numba CNN kernel and SGD update in a plain loop, one
+    process, no workers or arena: what the engine adds is the difference to
+    ``fastdist`` with one worker."""
+    from fastdist.optim.sgd import sgd_update
+
+    model = w3_model()
+    params = model.init(seed)
+    velocity = np.zeros_like(params)
+    grad = np.empty_like(params)
+    kernel = model.kernel("numba", batch * workers)
+    x, y = make_data(workers, batch, seed)
+    data = _common.batches(x, y, batch * workers)
+    lr, mu, wd = np.float32(LR), np.float32(MOMENTUM), np.float32(0.0)
+
+    def train(start, n):
+        for i in range(start, start + n):
+            kernel.loss_and_grad(params, *data[i % len(data)], grad)
+            sgd_update(params, velocity, grad, lr, mu, wd, 0, params.size)
+
+    train(0, max(warmup, 1))
+    t0 = time.perf_counter()
+    train(max(warmup, 1), steps)
+    seconds = time.perf_counter() - t0
+    return _common.result("numba_kernel", workers, steps, seconds, batch * workers)
+
+
+PEERS = {
+    "numba_kernel": numba_kernel,
+    "torch_single": torch_single,
+    "torch_ddp": torch_ddp,
+    "jax_single": jax_single,
+}
 
 
 def main() -> None:
