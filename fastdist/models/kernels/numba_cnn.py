@@ -1,11 +1,13 @@
 """Numba CNN forward/backward: one compiled call per step, into buffers allocated once.
 
-Convolutions are im2col + one BLAS GEMM per layer over the whole batch, channels-last:
-the rows of ``cols`` are ``(kh, kw, cin)`` patches, so ``cols @ W`` (W: ``(patch,
-cout)``, the layout's HWIO weights) is the layer's output in NHWC, and the next layer's
-im2col copies runs of ``cin`` contiguous floats. Backward: ``dW = cols.T @ dZ``
-(backward-weights), ``dcols = dZ @ W.T`` then col2im (backward-data; skipped for the
-first layer). Max-pool keeps each window's argmax for its backward. The dense layers
+Convolutions are im2col + BLAS GEMM, channels-last: the rows of ``cols`` are ``(kh, kw,
+cin)`` patches, so ``cols @ W`` (W: ``(patch, cout)``, the layout's HWIO weights) is the
+layer's output in NHWC, and the next layer's im2col copies runs of ``cin`` contiguous
+floats. The batch is walked in chunks of samples whose columns fit in L2 (about 512
+KiB): a whole batch's columns (42 MB for W3's second conv) would go to DRAM and back.
+Backward, per chunk: im2col again, ``dW += cols.T @ dZ`` (backward-weights), ``dcols =
+dZ @ W.T`` then col2im (backward-data; skipped for the first layer). Max-pool keeps
+each window's argmax for its backward. The dense layers
 and the softmax cross-entropy are as in :mod:`numba_mlp`.
 
 Every layer's geometry is a row of the int64 array ``geom`` (columns ``_GEOM``), and
@@ -20,10 +22,10 @@ from numba import njit
 
 __all__ = ["NumbaCNNKernel"]
 
-# Columns of a geometry row (ConvLayer.row()).
 # im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
 _CHUNK_FLOATS = 1 << 17
 
+# Columns of a geometry row (ConvLayer.row()).
 _GEOM = (
     "cin",
     "h",
