@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", action="store_true", help="also measure PSS on 1 GB")
     parser.add_argument("--json", help="write every number to this file")
     parser.add_argument("--plot", help="write the scaling plot (PNG) here")
+    parser.add_argument("--w3", action="store_true", help="also run W3 (CNN) against its peers")
     args = parser.parse_args(argv)
 
     from fastdist.models.mlp import MLP
@@ -368,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"| coordinator + workers | {r['workers']} | {r['training_pss_gb']:.2f} "
                 f"| {r['peak_pss_gb']:.2f} |"
             )
+    if args.w3:
+        from benchmarks import w3_ratios
+
+        results["w3"] = w3_ratios.measure(args.rounds, log=lambda _: None)
+        print("\n" + w3_ratios.table(results["w3"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.plot:

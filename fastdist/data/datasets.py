@@ -59,11 +59,17 @@ def _synthetic(cfg) -> Dataset:
     n_train, n_test = int(cfg.n_train), int(cfg.n_test)
     if n_train < 1 or n_test < 1:
         raise ConfigError(f"dataset sizes must be positive, got n_train={n_train} n_test={n_test}")
+    shape = cfg.get("sample_shape")
+    shape = None if shape is None else tuple(int(d) for d in shape)
+    if shape is not None and int(np.prod(shape)) != int(cfg.n_features):
+        raise ConfigError(
+            f"dataset.sample_shape {list(shape)} must hold n_features={cfg.n_features}"
+        )
     x, y = make_synthetic(n_train + n_test, int(cfg.n_features), int(cfg.n_classes), int(cfg.seed))
     # The test split is copied out so that the big generated block can be freed once the
     # training rows have moved into shared memory.
     x_test, y_test = x[n_train:].copy(), y[n_train:].copy()
-    return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes))
+    return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes), shape)
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +125,9 @@ class SyntheticConfig:
     n_features: int = 32
     n_classes: int = 10
     seed: int = 0
+    # Shape of one sample, e.g. [28, 28] for convolutional models; its product must be
+    # n_features. null = flat rows.
+    sample_shape: list[int] | None = None
 
 
 @dataclass

@@ -44,7 +44,13 @@ import numpy as np
 
 from fastdist.errors import ConfigError
 
-__all__ = ["JaxKernel", "configure_jax_threads", "enable_compilation_cache"]
+__all__ = [
+    "JaxKernel",
+    "configure_jax_threads",
+    "enable_compilation_cache",
+    "jit_loss_and_predict",
+    "mlp_forward",
+]
 
 _MISSING_JAX = "backend=jax needs JAX: pip install 'fastdist[jax]'"
 
@@ -127,13 +133,9 @@ def enable_compilation_cache(cache_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def _build(mlp, traces: dict[str, int]):
-    """The jitted (loss, #correct, flat grad) and logits functions of the MLP ``mlp``.
-
-    ``traces`` counts how often each Python body runs, i.e. how often JAX traced (and
-    then compiled or loaded from the persistent cache) a new specialisation.
-    """
-    jax, jnp = _import_jax()
+def mlp_forward(mlp):
+    """The MLP's forward pass as a traceable function of (flat params, x)."""
+    jax, _ = _import_jax()
     sizes = mlp.sizes
     n_layers = mlp.n_layers
     offsets = mlp.offsets
@@ -152,6 +154,18 @@ def _build(mlp, traces: dict[str, int]):
                 # reference's (h > 0) mask (maximum would split the gradient, 0.5).
                 h = jax.nn.relu(h)
         return h
+
+    return forward
+
+
+def jit_loss_and_predict(forward, traces: dict[str, int]):
+    """The jitted (loss, #correct, flat grad) and logits functions of ``forward``
+    (flat params, x) -> logits, for any architecture.
+
+    ``traces`` counts how often each Python body runs, i.e. how often JAX traced (and
+    then compiled or loaded from the persistent cache) a new specialisation.
+    """
+    jax, jnp = _import_jax()
 
     def mean_loss(params, x, y):
         logits = forward(params, x)
@@ -190,8 +204,12 @@ class JaxKernel:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._traces = {"loss_and_grad": 0, "predict": 0}
-        self._loss_and_grad, self._predict = _build(mlp, self._traces)
+        self._loss_and_grad, self._predict = jit_loss_and_predict(self._forward(mlp), self._traces)
         self._pad: np.ndarray | None = None  # the short last chunk of logits()
+
+    def _forward(self, model):
+        """The traceable forward pass; other architectures' kernels override this."""
+        return mlp_forward(model)
 
     @property
     def compile_count(self) -> int:

@@ -1,0 +1,64 @@
+"""JAX/XLA CNN kernel: ``jax.lax.conv_general_dilated`` over the CNN's flat layout.
+
+Same calls, copies and compilation behaviour as the MLP's
+:class:`~fastdist.models.kernels.jax_mlp.JaxKernel` (its module docstring explains
+them); only the traced forward pass differs. Convolutions run channels-last
+(``NHWC`` inputs, ``HWIO`` weights, the layout's own order), a 1-D network as a 2-D one
+of height 1; max-pool is ``lax.reduce_window`` with ``VALID`` windows (the floor the
+other kernels take).
+"""
+
+from __future__ import annotations
+
+from fastdist.models.kernels.jax_mlp import JaxKernel, _import_jax
+
+__all__ = ["JaxCNNKernel", "cnn_forward"]
+
+
+def cnn_forward(model):
+    """The CNN's forward pass as a traceable function of (flat params, x rows)."""
+    jax, jnp = _import_jax()
+    lax = jax.lax
+    layout = model.layout
+    cin, h, w = model.in_shape
+
+    def conv_params(params, layer):
+        c = model.convs[layer]
+        w0, w1 = layout.bounds(f"conv{layer}.weight")
+        b0, b1 = layout.bounds(f"conv{layer}.bias")
+        return params[w0:w1].reshape(c.kh, c.kw, c.cin, c.cout), params[b0:b1]
+
+    def forward(params, x):
+        batch = x.shape[0]
+        a = x.reshape(batch, cin, h, w).transpose(0, 2, 3, 1)
+        for layer, c in enumerate(model.convs):
+            kernel, bias = conv_params(params, layer)
+            a = lax.conv_general_dilated(
+                a,
+                kernel,
+                window_strides=(c.sh, c.sw),
+                padding=((c.ph, c.ph), (c.pw, c.pw)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            a = jax.nn.relu(a + bias)
+            if c.qh * c.qw > 1:
+                window = (1, c.qh, c.qw, 1)
+                a = lax.reduce_window(a, -jnp.inf, lax.max, window, window, "VALID")
+        a = a.reshape(batch, -1)
+        n_dense = len(model.dense) - 1
+        for j in range(n_dense):
+            w0, w1 = layout.bounds(f"dense{j}.weight")
+            b0, b1 = layout.bounds(f"dense{j}.bias")
+            a = a @ params[w0:w1].reshape(model.dense[j], model.dense[j + 1]) + params[b0:b1]
+            if j < n_dense - 1:
+                a = jax.nn.relu(a)
+        return a
+
+    return forward
+
+
+class JaxCNNKernel(JaxKernel):
+    """XLA-compiled loss/gradient and prediction for one :class:`~fastdist.models.cnn.CNN`."""
+
+    def _forward(self, model):
+        return cnn_forward(model)
