@@ -92,6 +92,9 @@ class FastdistConfig:
     resume: str | None = None  # a checkpoint.npz to continue from
     on_worker_failure: FailurePolicy = FailurePolicy["fail"]
     max_respawns: int = 3
+    # Seconds a worker may make no progress (stopped, stuck) before it counts as
+    # failed; null = max(60 s, 10x the slowest step so far). Start-up gets >= 10 min.
+    worker_timeout: float | None = None
     dist: Dist = Dist.local
     backend: BackendConfig = field(default_factory=BackendConfig)
     combiner: Any = MISSING
@@ -188,6 +191,11 @@ def validate(cfg) -> None:
     need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
     need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
     need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
+    timeout = cfg.get("worker_timeout")
+    need(
+        timeout is None or float(timeout) > 0,
+        f"worker_timeout must be > 0 seconds or null, got {timeout}",
+    )
     check_dataset_config(cfg.dataset)
     checkpointing(cfg)
 

@@ -277,7 +277,12 @@ def _pool_options(cfg, backend: str) -> dict:
         from fastdist.models.kernels.jax_mlp import configure_jax_threads
 
         env = configure_jax_threads(threads, _backend_options(cfg)["compilation_cache"])
-    return {"threads": threads, "extra_env": env, "pin_cpus": bool(cfg.backend.pin_cpus)}
+    return {
+        "threads": threads,
+        "extra_env": env,
+        "pin_cpus": bool(cfg.backend.pin_cpus),
+        "worker_timeout": cfg.get("worker_timeout"),
+    }
 
 
 def _backend_options(cfg) -> dict:
