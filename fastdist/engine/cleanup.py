@@ -7,9 +7,11 @@ it when the owner dies. A segment is stale exactly when that lock can be taken: 
 holds in every PID namespace sharing /dev/shm (containers of one pod, ``docker run
 --ipc``), where the owner's PID in the name may mean nothing or another process.
 
-Segments without a lock file come from fastdist versions before the lock; for those the
-old rule applies (the PID in the name no longer exists here). A live run's segment is
-never touched: the cleaner holds the lock while it removes a stale one.
+Segments without a lock file come from fastdist versions before the lock. Their owner
+cannot be judged safely (a PID from another namespace proves nothing), so they are left
+alone unless asked (``legacy=True``, ``fastdist-clean --legacy``: the old rule, the
+name's PID no longer exists here). A live run's segment is never touched: the cleaner
+holds the lock while it removes a stale one.
 
 ``fastdist-clean`` (:mod:`fastdist.cli.clean`) runs this by hand; every run also runs it
 before it starts.
@@ -49,7 +51,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _owner_gone(name: str):
+def _owner_gone(name: str, legacy: bool = False):
     """Yield True while holding the segment's lock if its owner is gone, else False.
 
     Holding the lock during the removal keeps two cleaners (or a cleaner and a very
@@ -59,7 +61,7 @@ def _owner_gone(name: str):
         fd = os.open(lock, os.O_RDWR)
     except FileNotFoundError:
         pid = owner_pid(name)  # a segment of a fastdist before the lock file
-        yield pid is not None and not _alive(pid)
+        yield legacy and pid is not None and not _alive(pid)
         return
     except OSError:
         yield False  # someone else's file we may not open: not ours to judge
@@ -75,11 +77,11 @@ def _owner_gone(name: str):
         os.close(fd)
 
 
-def stale_segments() -> list[str]:
+def stale_segments(legacy: bool = False) -> list[str]:
     """``fastdist-`` segments in /dev/shm whose owner is gone."""
     stale = []
     for name in list_segments():
-        with _owner_gone(name) as gone:
+        with _owner_gone(name, legacy) as gone:
             if gone:
                 stale.append(name)
     return stale
@@ -95,11 +97,11 @@ def _orphan_locks() -> list[str]:
     ]
 
 
-def remove_stale_segments() -> list[str]:
+def remove_stale_segments(legacy: bool = False) -> list[str]:
     """Unlink every stale segment (and its lock file); return the segment names."""
     removed = []
     for name in list_segments():
-        with _owner_gone(name) as gone:
+        with _owner_gone(name, legacy) as gone:
             if not gone:
                 continue
             try:

@@ -17,7 +17,8 @@ import numpy as np
 from fastdist.combiners.base import Combiner, Sync
 from fastdist.engine.barrier import barrier_shape, check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
-from fastdist.engine.shm import SharedArena
+from fastdist.engine.memory import check_memory_plan
+from fastdist.engine.shm import SharedArena, arena_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
@@ -62,20 +63,23 @@ def train(cfg) -> RunResult:
     comm = _mpi_world(cfg, combiner)
     place = Placement.of(comm, int(cfg.workers))
 
+    _plan_data_memory(cfg)
+
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
     data = prepare_data(cfg, place.total_workers, fraction)
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
     if combiner.check_model is not None:
         combiner.check_model(model)
     batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
+    rows, shards = place.node_rows(data.shards)
+    arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
+    check_memory_plan(arena_bytes(arrays), what="this run's arena")
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
-    rows, shards = place.node_rows(data.shards)
     digest = config_hash(cfg)
     every, checkpoint_path = checkpointing(cfg)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
-    arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
     with SharedArena.create(arrays) as arena:
         _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
@@ -238,6 +242,21 @@ def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement)
     for row in range(arena["params"].shape[0]):
         worker = place.first_worker + row
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
+
+
+def _plan_data_memory(cfg) -> None:
+    """Before generating data: the generated set, its shuffled copy and the arena's
+    copy of the training rows must fit (files are bounded by the disk already)."""
+    from fastdist.data.datasets import expected_bytes
+
+    data_bytes = expected_bytes(cfg.dataset)
+    if data_bytes is not None:
+        train_share = (
+            data_bytes
+            * int(cfg.dataset.n_train)
+            // (int(cfg.dataset.n_train) + int(cfg.dataset.n_test))
+        )
+        check_memory_plan(train_share, 2 * data_bytes, what=f"dataset={cfg.dataset.name}")
 
 
 def _resume(cfg, arena, digest: str, total_steps: int) -> int:
