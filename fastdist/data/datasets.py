@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.data.base import Dataset, standardize
+from fastdist.data.base import Dataset, check_dataset, standardize
 from fastdist.data.files import load_idx_or_npz, load_mnist1d
 from fastdist.errors import ConfigError
 
@@ -172,9 +172,13 @@ def expected_bytes(cfg) -> int | None:
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load the dataset a ``dataset`` config node names."""
+    """Load the dataset a ``dataset`` config node names, and check what came back."""
     check_dataset_config(cfg)
-    return DATASETS[str(cfg.name)][1](cfg)
+    data = DATASETS[str(cfg.name)][1](cfg)
+    path = cfg.get("path") if hasattr(cfg, "get") else getattr(cfg, "path", None)
+    source = f"dataset={cfg.name}" + (f" ({path})" if path else "")
+    check_dataset(data, source)
+    return data
 
 
 def shard_bounds(n_samples: int, n_shards: int) -> list[tuple[int, int]]:

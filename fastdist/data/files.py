@@ -88,7 +88,7 @@ def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
             if int(cached["seed"]) != seed:
                 return None
             arrays = {key: cached[key] for key in _IDX_FILES}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zlib.error, zipfile.BadZipFile):
         return None
     n_train, n_test, n_features = _MNIST1D_SPLIT
     if arrays["x_train"].shape != (n_train, n_features) or arrays["x_test"].shape != (
@@ -96,7 +96,30 @@ def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
         n_features,
     ):
         return None
+    _check_mnist1d_cache(file, arrays)
     return arrays
+
+
+def _check_mnist1d_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A cache is a file like any other: its right shape says nothing of its contents.
+    Checked here on the raw arrays (before the float32/int32 conversion could hide a
+    label of 2**32 + 3 as 3); the rest is :func:`check_dataset`'s."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        problem = None
+        if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu" or y.ndim != 1:
+            problem = f"{split} arrays have dtypes {x.dtype}/{y.dtype} and label shape {y.shape}"
+        elif y.size and (int(y.min()) < 0 or int(y.max()) >= 10):
+            problem = f"{split} labels outside 0..9 ({int(y.min())}..{int(y.max())})"
+        elif len(y) != len(x):
+            problem = f"{len(x)} {split} rows but {len(y)} labels"
+        elif not np.isfinite(x).all():
+            problem = f"{split} features contain NaN or infinite values"
+        if problem:
+            raise ConfigError(
+                f"dataset=mnist1d: the cache {file} is damaged ({problem}); delete it and "
+                "the next run regenerates it"
+            )
 
 
 def _write_mnist1d_cache(file: Path, seed: int, arrays: dict[str, np.ndarray]) -> None:
@@ -212,8 +235,8 @@ def _validate(name: str, arrays: dict[str, np.ndarray]) -> None:
             )
         if len(x) != len(y):
             raise ConfigError(f"dataset={name}: {len(x)} {split} images but {len(y)} labels")
-        if split == "train" and len(y) == 0:
-            raise ConfigError(f"dataset={name}: the training split is empty")
+        if len(y) == 0:
+            raise ConfigError(f"dataset={name}: the {split} split is empty")
         if x.dtype.kind not in "ui" or y.dtype.kind not in "ui":
             raise ConfigError(
                 f"dataset={name}: {split} images and labels must be integers "
@@ -261,7 +284,10 @@ def load_idx_or_npz(cfg, name: str):
             raise _missing(name, str(root))
     _validate(name, arrays)
     flat = {
-        key: arrays[key].reshape(len(arrays[key]), -1).astype(np.float32) / np.float32(255.0)
+        key: arrays[key]
+        .reshape(len(arrays[key]), int(np.prod(arrays[key].shape[1:])))
+        .astype(np.float32)
+        / np.float32(255.0)
         for key in ("x_train", "x_test")
     }
     x_train, x_test = standardize(flat["x_train"], flat["x_test"])
