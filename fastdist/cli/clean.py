@@ -24,10 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         "only safe when no other container or PID namespace shares /dev/shm",
     )
     args = parser.parse_args(argv)
-    if args.dry_run:
-        names = stale_segments(args.legacy)
-    else:
-        names = remove_stale_segments(args.legacy)
+    clean = stale_segments if args.dry_run else remove_stale_segments
+    names = clean(args.legacy)
     verb = "would remove" if args.dry_run else "removed"
     for name in names:
         print(f"{verb} /dev/shm/{name}")

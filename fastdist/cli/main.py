@@ -39,8 +39,12 @@ def write_metrics(metrics: dict, directory: str | Path) -> Path:
     """Write ``metrics.json`` atomically (temp file + rename): readers never see half."""
     path = Path(directory) / "metrics.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no debris on a full disk or a Ctrl-C
+        raise
     return path
 
 
@@ -69,7 +73,7 @@ def _run(cfg: DictConfig) -> float:
     if not result.metrics:
         return float("nan")  # dist=mpi, rank > 0: rank 0 reports for the whole job
     if cfg.get("save_states"):
-        from fastdist.run.states import save_states
+        from fastdist.run.states import save_states, split_hash
 
         combiner = result.metrics["combiner"]
         saved = save_states(
@@ -78,6 +82,7 @@ def _run(cfg: DictConfig) -> float:
             result.samples_seen,
             result.validation_fraction,
             result.sync,
+            split_hash(cfg),
         )
         log.info("worker states of %s written to %s", combiner, saved)
     path = write_metrics(result.metrics, out_dir)

@@ -4,6 +4,8 @@ says where to put it, and a corrupt one is a one-line error that names it."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import os
 import random
@@ -16,7 +18,7 @@ import numpy as np
 from fastdist.data.base import Dataset, standardize
 from fastdist.errors import ConfigError
 
-__all__ = ["load_mnist1d", "load_idx_or_npz", "read_idx"]
+__all__ = ["load_mnist1d", "load_idx_or_npz", "no_cache_writes", "read_idx"]
 
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -122,16 +124,36 @@ def _check_mnist1d_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
             )
 
 
+_CACHE_WRITES = contextvars.ContextVar("fastdist_cache_writes", default=True)
+
+
+@contextlib.contextmanager
+def no_cache_writes():
+    """Load without writing any cache (``fastdist-combine``: the paths come from an
+    untrusted run directory, and it writes nothing outside that directory)."""
+    token = _CACHE_WRITES.set(False)
+    try:
+        yield
+    finally:
+        _CACHE_WRITES.reset(token)
+
+
 def _write_mnist1d_cache(file: Path, seed: int, arrays: dict[str, np.ndarray]) -> None:
     """Best effort and atomic (concurrent sweep jobs may race): a cache that cannot be
-    written only costs the next run a regeneration."""
+    written only costs the next run a regeneration. The temporary file goes on every
+    path, Ctrl-C included."""
+    if not _CACHE_WRITES.get():
+        return
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp.npz")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, seed=np.int64(seed), **arrays)
         os.replace(tmp, file)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(exc, OSError):
+            raise
 
 
 def load_mnist1d(cfg):

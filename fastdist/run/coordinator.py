@@ -22,7 +22,7 @@ from fastdist.engine.shm import SharedArena, arena_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
-from fastdist.run.checkpoint import config_hash, read_checkpoint
+from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
@@ -62,7 +62,13 @@ def train(cfg) -> RunResult:
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
     place = Placement.of(comm, int(cfg.workers))
-
+    # Everything that can be checked before start-up is: the checkpoint's file and
+    # the file to resume from (its shapes once the model is known), the memory.
+    digest = config_hash(cfg)
+    every, checkpoint_path = checkpointing(cfg)
+    if checkpoint_path:
+        check_checkpoint_path(checkpoint_path)
+    resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
     _plan_data_memory(cfg)
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
@@ -76,8 +82,6 @@ def train(cfg) -> RunResult:
     check_memory_plan(arena_bytes(arrays), what="this run's arena")
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
-    digest = config_hash(cfg)
-    every, checkpoint_path = checkpointing(cfg)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
     with SharedArena.create(arrays) as arena:
@@ -94,7 +98,7 @@ def train(cfg) -> RunResult:
             seed=int(cfg.seed),
             threads=int(cfg.backend.threads),
             backend_options=_backend_options(cfg),
-            start_step=_resume(cfg, arena, digest, total_steps),
+            start_step=_resume(cfg, arena, resumed, total_steps),
             checkpoint_every=every,
             checkpoint_path=checkpoint_path,
             config_hash=digest,
@@ -259,11 +263,16 @@ def _plan_data_memory(cfg) -> None:
         check_memory_plan(train_share, 2 * data_bytes, what=f"dataset={cfg.dataset.name}")
 
 
-def _resume(cfg, arena, digest: str, total_steps: int) -> int:
-    """Load ``resume=PATH`` into the arena; the step to start from (0 without one)."""
-    if not cfg.resume:
+def _resume(cfg, arena, state: dict | None, total_steps: int) -> int:
+    """Put the checkpoint read at start-up into the arena; the step to start from (0
+    without one)."""
+    if state is None:
         return 0
-    state = read_checkpoint(cfg.resume, digest, arena["params"].shape, arena["opt_state"].shape)
+    if (state["params"].shape, state["opt_state"].shape) != (
+        arena["params"].shape,
+        arena["opt_state"].shape,
+    ):
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint's shapes do not match this model")
     arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
     if state["step"] >= total_steps:
         raise ConfigError(
