@@ -31,8 +31,27 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, unwound like Ctrl-C so every ``finally`` and ``__exit__`` runs."""
 
 
+# Signals received, remembered: a library that catches the KeyboardInterrupt (it was
+# seen once inside llvmlite during the final evaluation) must not turn Ctrl-C into a
+# successful run. Checked before metrics are written and once more at the end.
+_received: list[int] = []
+
+
 def _on_sigterm(signum, frame) -> None:
+    _received.append(signum)
     raise _Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _raise_if_signalled() -> None:
+    if signal.SIGTERM in _received:
+        raise _Terminated()
+    if _received:
+        raise KeyboardInterrupt
 
 
 def write_metrics(metrics: dict, directory: str | Path) -> Path:
@@ -85,6 +104,7 @@ def _run(cfg: DictConfig) -> float:
             split_hash(cfg),
         )
         log.info("worker states of %s written to %s", combiner, saved)
+    _raise_if_signalled()
     path = write_metrics(result.metrics, out_dir)
     log.info("metrics written to %s", path)
     return result.metrics["test_accuracy"]
@@ -127,8 +147,10 @@ def main() -> None:
     # Let Hydra's own errors reach us unformatted; we print them as one line below.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         _run()
+        _raise_if_signalled()
     except _Terminated:
         raise _fail("terminated; workers stopped and shared memory released", 143) from None
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ Two guarantees beyond ``multiprocessing.shared_memory``:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -155,21 +156,31 @@ class SharedArena:
         """Allocate a zero-filled segment holding ``arrays`` (name -> (shape, dtype))."""
         placed, size = _layout(arrays)
         name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        # Ctrl-C / SIGTERM wait until the segment is either complete or gone again.
-        with deferred_signals():
-            lock_fd = _hold_lock(name) if os.path.isdir(SHM_DIR) else None
-            shm = None
-            try:
-                shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-                _reserve_pages(name, size)
-                return cls(ArenaSpec(name, size, placed), shm, owner=True, lock_fd=lock_fd)
-            except BaseException:
-                if shm is not None:
-                    shm.close()
-                    with contextlib.suppress(FileNotFoundError):
-                        shm.unlink()
-                _release_lock(name, lock_fd)
-                raise
+        arena = None
+        try:
+            # Ctrl-C / SIGTERM wait until the segment is complete (or gone again); one
+            # that arrived meanwhile is delivered as the block ends, and then the new
+            # segment goes too.
+            with deferred_signals():
+                lock_fd = _hold_lock(name) if os.path.isdir(SHM_DIR) else None
+                shm = None
+                try:
+                    shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+                    _reserve_pages(name, size)
+                except BaseException:
+                    if shm is not None:
+                        shm.close()
+                        with contextlib.suppress(FileNotFoundError):
+                            shm.unlink()
+                    _release_lock(name, lock_fd)
+                    raise
+                arena = cls(ArenaSpec(name, size, placed), shm, owner=True, lock_fd=lock_fd)
+                _OWNED[name] = arena
+        except BaseException:
+            if arena is not None:
+                arena.close()
+            raise
+        return arena
 
     @classmethod
     def attach(cls, spec: ArenaSpec) -> SharedArena:
@@ -201,12 +212,26 @@ class SharedArena:
                     shm.unlink()
                 _release_lock(self.spec.name, self._lock_fd)
                 self._lock_fd = None
+                _OWNED.pop(self.spec.name, None)
 
     def __enter__(self) -> SharedArena:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Segments this process owns and has not closed yet. A signal can still land between
+# ``create`` returning and a ``with`` block taking the arena over (CPython checks for
+# signals when ``__enter__`` starts); whatever is left here when the interpreter exits,
+# normally or by an exception, is closed then, so no segment outlives its owner.
+_OWNED: dict[str, SharedArena] = {}
+
+
+@atexit.register
+def _close_owned() -> None:
+    for arena in list(_OWNED.values()):
+        arena.close()
 
 
 def list_segments(with_locks: bool = False) -> list[str]:
