@@ -75,6 +75,19 @@ def _fail(message: str, code: int) -> SystemExit:
 
 @hydra.main(version_base="1.3", config_path="pkg://fastdist.conf", config_name="config")
 def _run(cfg: DictConfig) -> float:
+    try:
+        return _job(cfg)
+    except (FastdistError, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("FASTDIST_DEBUG"):
+            raise
+        # Raised as SystemExit, which Hydra lets through without its own "Error
+        # executing job" line: the one line below is all the user sees.
+        raise _fail(*_describe(exc)) from None
+
+
+def _job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from fastdist.run.coordinator import train
@@ -166,13 +179,25 @@ def main() -> None:
             raise _fail(_compact(cause), 2) from None
         if os.environ.get("FASTDIST_DEBUG"):
             raise
-        # Not a known failure: still one line (and a clean shutdown, which the context
-        # managers already did), with the way to get the whole story.
-        raise _fail(
-            f"unexpected {type(exc).__name__}: {_compact(exc)} "
-            "(run with FASTDIST_DEBUG=1 for the traceback)",
-            1,
-        ) from None
+        raise _fail(*_describe(exc)) from None
+
+
+def _describe(exc: Exception) -> tuple[str, int]:
+    """One line and an exit code for an exception fastdist did not raise itself."""
+    if isinstance(exc, OSError) and exc.filename:
+        # hydra.run.dir or another path we were given cannot be created/written.
+        return f"cannot use {exc.filename}: {exc.strerror or exc}", 2
+    if isinstance(exc, ValueError) and str(exc).startswith("Config group override"):
+        return _compact(exc), 2  # Hydra's own check of a group override (combiner=false)
+    if "Unable to configure handler" in str(exc):  # Hydra's log file in hydra.run.dir
+        return f"cannot write the run's log file (hydra.run.dir?): {_compact(exc)}", 2
+    # Not a known failure: still one line (and a clean shutdown, which the context
+    # managers already did), with the way to get the whole story.
+    return (
+        f"unexpected {type(exc).__name__}: {_compact(exc)} "
+        "(run with FASTDIST_DEBUG=1 for the traceback)",
+        1,
+    )
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ def check_dataset_config(cfg) -> None:
     for key, low in minimum.items():
         if key in cfg and int(cfg[key]) < low:
             raise ConfigError(f"dataset.{key} must be >= {low}, got {cfg[key]}")
+    for key in ("seed", "split_seed"):  # NumPy's seeds: 32-bit unsigned
+        if key in cfg and int(cfg[key]) >= 2**32:
+            raise ConfigError(f"dataset.{key} must be < 2**32, got {cfg[key]}")
     if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
 
