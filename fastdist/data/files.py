@@ -83,6 +83,18 @@ def _mnist1d_cache_file(path, seed: int) -> Path:
     return root if root.suffix == ".npz" else root / f"mnist1d_seed{seed}.npz"
 
 
+_UNREADABLE = (
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
+
 def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is absent, unreadable or for another seed."""
     try:
@@ -90,7 +102,7 @@ def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
             if int(cached["seed"]) != seed:
                 return None
             arrays = {key: cached[key] for key in _IDX_FILES}
-    except (OSError, KeyError, ValueError, TypeError, EOFError, zlib.error, zipfile.BadZipFile):
+    except _UNREADABLE:  # regenerate (a seed of inf: OverflowError, found by the fuzz)
         return None
     n_train, n_test, n_features = _MNIST1D_SPLIT
     if arrays["x_train"].shape != (n_train, n_features) or arrays["x_test"].shape != (
