@@ -26,8 +26,7 @@ MOMENTS = [
     (signal.SIGINT, 4.5),
     (signal.SIGTERM, 0.2),
     (signal.SIGTERM, 1.6),
-    (signal.SIGTERM, 2.6),
-    (signal.SIGTERM, 4.0),
+    (signal.SIGTERM, 3.5),
 ]
 
 
@@ -41,9 +40,8 @@ def _start(tmp_path, k: int) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("batch", [0, 1])
-def test_a_signal_at_any_moment_is_one_line_and_its_exit_code(tmp_path, batch):
-    moments = MOMENTS[batch::2]
+def test_a_signal_at_any_moment_is_one_line_and_its_exit_code(tmp_path):
+    moments = MOMENTS
     procs = [_start(tmp_path, k) for k in range(len(moments))]
     started = time.monotonic()
     try:
@@ -72,14 +70,50 @@ def test_a_signal_at_any_moment_is_one_line_and_its_exit_code(tmp_path, batch):
 
 
 def test_a_swallowed_ctrl_c_still_ends_the_run_with_130(monkeypatch, tmp_path):
-    # A library that catches KeyboardInterrupt must not turn Ctrl-C into success.
+    # A library that catches KeyboardInterrupt (seen once inside llvmlite during the
+    # final evaluation) must not turn Ctrl-C into success: the run "finishes" here with
+    # the signal recorded, as if its KeyboardInterrupt had been swallowed.
+    import fastdist.run.coordinator as coordinator
     from fastdist.cli import main as cli
 
-    monkeypatch.setattr(cli, "_received", [signal.SIGINT])
-    monkeypatch.setattr(
-        sys, "argv", ["fastdist", *small_run("steps=2"), f"hydra.run.dir={tmp_path}"]
-    )
+    class Finished:
+        metrics = {"test_accuracy": 1.0, "combiner": "grad_avg"}
+
+    def train_and_swallow(cfg):
+        cli._received.append(signal.SIGINT)
+        return Finished()
+
+    monkeypatch.setattr(cli, "_received", [])
+    monkeypatch.setattr(coordinator, "train", train_and_swallow)
+    monkeypatch.setattr(sys, "argv", ["fastdist", *small_run(), f"hydra.run.dir={tmp_path}"])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 130
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_the_last_epoch_line_releases_everything(tmp_path, sig):
+    # The window the issue found: the pool's shutdown, on a coordinator with threads.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastdist", *small_run("workers=2", "epochs=2")]
+        + [f"hydra.run.dir={tmp_path}/run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "epoch 2 " in line:
+                os.kill(proc.pid, sig)
+                break
+        rest = proc.stdout.read()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    assert "Traceback" not in rest and "leaked" not in rest, rest
+    assert code in (0, 128 + sig), rest
