@@ -189,3 +189,18 @@ def test_checkpoint_path_is_checked_before_start_up(tmp_path, monkeypatch, where
     with pytest.raises(ConfigError, match="checkpoint.path"):
         fastdist.train(fastdist.compose([*CKPT, "checkpoint.every=2", f"checkpoint.path={path}"]))
     assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_a_killed_writers_temporary_file_is_removed_at_the_next_start(tmp_path):
+    import fcntl
+
+    from fastdist.run.checkpoint import check_checkpoint_path
+
+    path = tmp_path / "ckpt.npz"
+    abandoned = tmp_path / ".ckpt.npz.12345.tmp.npz"
+    abandoned.write_bytes(b"half a file")
+    being_written = tmp_path / ".ckpt.npz.23456.tmp.npz"
+    with open(being_written, "wb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a live writer (any PID namespace)
+        check_checkpoint_path(path)
+        assert not abandoned.exists() and being_written.exists()

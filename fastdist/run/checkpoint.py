@@ -11,6 +11,7 @@ checkpoint.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import zipfile
@@ -29,6 +30,7 @@ __all__ = [
     "settings_hash",
     "write_checkpoint",
     "read_checkpoint",
+    "remove_abandoned_temporaries",
 ]
 
 # What defines the trajectory; the run's length, outputs and diagnostics do not.
@@ -62,15 +64,35 @@ def config_hash(cfg) -> str:
 def atomic_savez(path: Path, **arrays) -> None:
     """``np.savez`` to a temporary name beside ``path``, then rename: a reader never
     sees half a file, and the temporary file is removed on every failure path (a full
-    disk, an exception, Ctrl-C)."""
+    disk, an exception, Ctrl-C). The writer holds an ``flock`` on it meanwhile, so one
+    left by a killed writer is told apart from one being written
+    (:func:`remove_abandoned_temporaries`)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with open(tmp, "wb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.replace(tmp, path)  # still locked: no cleaner can take it for abandoned
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def remove_abandoned_temporaries(path: Path) -> list[Path]:
+    """Remove ``.NAME.PID.tmp.npz`` files beside ``path`` that no writer holds (left by
+    a writer killed with SIGKILL); return them."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp.npz"):
+        try:
+            with open(tmp, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue  # being written, or already gone
+    return removed
 
 
 def check_checkpoint_path(path: str | Path) -> None:
@@ -84,6 +106,7 @@ def check_checkpoint_path(path: str | Path) -> None:
         probe = parent / f".{path.name}.{os.getpid()}.probe"
         probe.touch()
         probe.unlink()
+        remove_abandoned_temporaries(path)
     except OSError as exc:
         raise ConfigError(
             f"checkpoint.path={path}: cannot write there ({exc.strerror or exc})"
