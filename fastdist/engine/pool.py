@@ -53,6 +53,7 @@ class WorkerContext:
     _conn: Connection
     _heartbeat: np.ndarray | None = None  # this worker's row of the pool's heartbeats
     _last_step_ns: int = 0
+    _slowest_ns: int = 0
 
     def send(self, kind: str, payload: Any = None) -> None:
         """A small control message to the coordinator (never an array)."""
@@ -61,14 +62,19 @@ class WorkerContext:
     def heartbeat(self, step: int) -> None:
         """``step`` steps are done: tell the coordinator this worker is making progress
         (a few array stores; call it once per step)."""
-        if self._heartbeat is not None:
-            now = time.monotonic_ns()
-            if self._last_step_ns:
-                self._heartbeat[3] = max(self._heartbeat[3], now - self._last_step_ns)
-            self._last_step_ns = now
-            self._heartbeat[1] = step
-            self._heartbeat[2] = 1  # stepping: past imports and compilation
-            self._heartbeat[0] = now
+        beat = self._heartbeat
+        if beat is None:
+            return
+        now = time.monotonic_ns()
+        if self._last_step_ns:
+            took = now - self._last_step_ns
+            if took > self._slowest_ns:  # rare: written only when it grows
+                self._slowest_ns = beat[3] = took
+        else:
+            beat[2] = 1  # stepping: past imports and compilation
+        self._last_step_ns = now
+        beat[1] = step
+        beat[0] = now
 
 
 def _die_with_parent(parent: int) -> None:
