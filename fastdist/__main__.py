@@ -1,3 +1,3 @@
-from fastdist.cli.main import main
+from fastdist.cli.entry import fastdist
 
-main()
+fastdist()

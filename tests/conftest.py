@@ -100,7 +100,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves a shared-memory segment or a live child behind."""
-    before = set(list_segments())
+    before = set(list_segments(with_locks=True))
     yield
     assert wait_until(lambda: not multiprocessing.active_children(), 5.0), (
         f"child processes survived: {multiprocessing.active_children()}"
@@ -108,7 +108,8 @@ def no_leaks():
     assert wait_until(lambda: not surviving_processes(), 5.0), (
         f"processes survived: {surviving_processes()}"
     )
-    leaked = {name for name in set(list_segments()) - before if not _someone_elses(name)}
+    now = set(list_segments(with_locks=True))  # lock files too
+    leaked = {name for name in now - before if not _someone_elses(name)}
     assert not leaked, f"leaked shared-memory segments: {sorted(leaked)}"
 
 

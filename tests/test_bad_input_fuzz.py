@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastdist.cli.main import main
+from fastdist.run.config import default_max_workers
 
 KNOWN_COMBINERS = {
     "grad_avg",
@@ -29,7 +30,9 @@ negative = st.integers(max_value=-1).map(str)
 
 invalid_override = st.one_of(
     st.tuples(st.just("workers"), non_positive | words),
-    st.tuples(st.just("seed"), negative | words),
+    st.tuples(st.just("seed"), negative | words | st.integers(2**32, 10**30).map(str)),
+    st.tuples(st.just("workers"), st.integers(default_max_workers() + 1, 10**6).map(str)),
+    st.tuples(st.just("worker_timeout"), non_positive),
     st.tuples(st.just("batch_size"), non_positive | st.integers(2000, 10**7).map(str)),
     st.tuples(st.just("epochs"), non_positive),
     st.tuples(st.just("steps"), non_positive),

@@ -77,6 +77,8 @@ def test_a_run_first_removes_segments_of_dead_owners_only():
     stale = f"{SEGMENT_PREFIX}{int(dead.stdout)}-deadbeef"
     with open(f"/dev/shm/{stale}", "wb") as fh:
         fh.write(b"\0" * 64)
+    with open(f"/dev/shm/{stale}.lock", "wb"):
+        pass  # its owner's lock file, which nobody holds any more
     with SharedArena.create(_arrays()) as live:
         assert stale_segments() == [stale]
         fastdist.train(

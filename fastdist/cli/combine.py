@@ -7,11 +7,18 @@ The run's own config (``.hydra/`` in its output directory) rebuilds the exact da
 split the workers trained on; each combiner is finalized on the saved parameters and
 scored on the test set; results go to ``combine_metrics.json`` in the run directory
 (one entry per combiner) and to the console as a table.
+
+The run directory is untrusted input: every file in it is checked (the states file's
+arrays and its hash of the split settings, the overrides), a damaged or edited one is a
+one-line error with exit code 2, and nothing is written anywhere but
+``combine_metrics.json`` (no dataset cache, no temporary file left behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,18 +34,17 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     The run directory is untrusted: its overrides may only set values of fastdist's
     own configs, and only fastdist's own records are built from them.
     """
-    from omegaconf import OmegaConf
-
     from fastdist.combiners.base import Sync
+    from fastdist.data.files import no_cache_writes
     from fastdist.run.combine import combine
-    from fastdist.run.config import compose
+    from fastdist.run.config import validate
     from fastdist.run.preparation import prepare_data
     from fastdist.run.records import build_combiner, build_model, check_saved_overrides
-    from fastdist.run.states import load_states
+    from fastdist.run.states import load_states, split_hash
 
     run_dir = Path(run_dir)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.exists():
+    if not overrides_file.is_file():
         raise ConfigError(f"{run_dir} is not a fastdist run directory (no .hydra/overrides.yaml)")
     states = load_states(run_dir)
     if states["sync"] != Sync.NONE.value:
@@ -46,12 +52,24 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
             f"the saved workers were trained with sync={states['sync']}, so they hold one "
             "model; train with an end-of-training combiner (e.g. combiner=weight_avg)"
         )
-    saved = check_saved_overrides([str(o) for o in OmegaConf.load(overrides_file)])
+    saved = check_saved_overrides(_read_overrides(overrides_file))
     base = [o for o in saved if not o.startswith("combiner")]
     results = {}
     data = model = None
     for name in combiners:
-        cfg = compose([*base, f"combiner={name}"])
+        cfg = _compose_untrusted([*base, f"combiner={name}"], overrides_file)
+        validate(cfg)
+        if data is None and split_hash(cfg) != states["split_hash"]:
+            raise ConfigError(
+                f"{overrides_file} does not match the saved states: workers, seed, "
+                "validation_fraction, dataset or model were changed after training, which "
+                "would change the data split or the meaning of the parameters"
+            )
+        if states["worker_params"].shape[0] != int(cfg.workers):
+            raise ConfigError(
+                f"the saved states hold {states['worker_params'].shape[0]} worker rows but "
+                f"the run had workers={cfg.workers}"
+            )
         combiner = build_combiner(cfg.combiner, trusted=False)
         if combiner.sync is not Sync.NONE:
             raise ConfigError(
@@ -59,7 +77,8 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
                 "act at the end (weight_avg, ensemble, soup_uniform, soup_greedy, ...)"
             )
         if data is None:
-            data = prepare_data(cfg, int(cfg.workers), states["validation_fraction"])
+            with no_cache_writes():  # nothing written outside the run directory
+                data = prepare_data(cfg, int(cfg.workers), states["validation_fraction"])
             shape, classes = data.dataset.input_shape, data.dataset.n_classes
             model = build_model(cfg.model, shape, classes, trusted=False)
             if states["worker_params"].shape[1:] != (model.layout.size,):
@@ -81,6 +100,44 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     return results
 
 
+def _read_overrides(path: Path) -> list[str]:
+    """``.hydra/overrides.yaml``: a YAML list of strings, or a one-line error."""
+    from omegaconf import ListConfig, OmegaConf
+
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax, encoding, a directory: all one answer
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"{path}: not a valid overrides file ({detail})") from None
+    if not isinstance(loaded, ListConfig) or not all(isinstance(o, str) for o in loaded):
+        raise ConfigError(f"{path}: not a valid overrides file (expected a list of key=value)")
+    return [str(o) for o in loaded]
+
+
+def _compose_untrusted(overrides: list[str], source: Path):
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fastdist.run.config import compose
+
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"{source}: its overrides do not compose ({detail})") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 @quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("fastdist-combine", __doc__)
@@ -88,24 +145,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("combiners", nargs="+", help="combiner names (conf/combiner/*.yaml)")
     parser.add_argument("--diagnostics", action="store_true", help="add per-member metrics")
     args = parser.parse_args(argv)
+    out = Path(args.run_dir) / "combine_metrics.json"
     try:
         results = combine_saved(args.run_dir, args.combiners, args.diagnostics)
+        _write_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     except FastdistError as exc:
-        sys.stderr.write(f"fastdist-combine: error: {str(exc).splitlines()[0]}\n")
-        raise SystemExit(exc.exit_code) from None
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing written", 130)
+    except OSError as exc:  # a read-only run directory, a full disk
+        where = exc.filename or out
+        _fail(f"cannot write {where}: {exc.strerror or exc}", 2)
     except Exception as exc:
         from hydra.errors import HydraException
 
+        if os.environ.get("FASTDIST_DEBUG"):
+            raise
         if isinstance(exc, HydraException):
-            sys.stderr.write(f"fastdist-combine: error: {str(exc).splitlines()[0]}\n")
-            raise SystemExit(2) from None
-        raise
-    out = Path(args.run_dir) / "combine_metrics.json"
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            _fail(str(exc), 2)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc} (run with FASTDIST_DEBUG=1 for the traceback)",
+            1,
+        )
     print(f"{'combiner':<16} {'test_accuracy':>13} {'test_loss':>10}")
     for name, metrics in results.items():
         print(f"{name:<16} {metrics['test_accuracy']:>13.4f} {metrics['test_loss']:>10.4f}")
     print(f"written to {out}")
+
+
+def _fail(message: str, code: int):
+    line = " ".join(message.split()) or "failed"
+    sys.stderr.write(f"fastdist-combine: error: {line}\n")
+    raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -32,16 +32,39 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, unwound like Ctrl-C so every ``finally`` and ``__exit__`` runs."""
 
 
+# Signals received, remembered: a library that catches the KeyboardInterrupt (it was
+# seen once inside llvmlite during the final evaluation) must not turn Ctrl-C into a
+# successful run. Checked before metrics are written and once more at the end.
+_received: list[int] = []
+
+
 def _on_sigterm(signum, frame) -> None:
+    _received.append(signum)
     raise _Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _raise_if_signalled() -> None:
+    if signal.SIGTERM in _received:
+        raise _Terminated()
+    if _received:
+        raise KeyboardInterrupt
 
 
 def write_metrics(metrics: dict, directory: str | Path) -> Path:
     """Write ``metrics.json`` atomically (temp file + rename): readers never see half."""
     path = Path(directory) / "metrics.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no debris on a full disk or a Ctrl-C
+        raise
     return path
 
 
@@ -53,6 +76,19 @@ def _fail(message: str, code: int) -> SystemExit:
 
 @hydra.main(version_base="1.3", config_path="pkg://fastdist.conf", config_name="config")
 def _run(cfg: DictConfig) -> float:
+    try:
+        return _job(cfg)
+    except (FastdistError, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("FASTDIST_DEBUG"):
+            raise
+        # Raised as SystemExit, which Hydra lets through without its own "Error
+        # executing job" line: the one line below is all the user sees.
+        raise _fail(*_describe(exc)) from None
+
+
+def _job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from fastdist.run.coordinator import train
@@ -72,7 +108,7 @@ def _run(cfg: DictConfig) -> float:
     if not result.metrics:
         return float("nan")  # dist=mpi, rank > 0: rank 0 reports for the whole job
     if cfg.save_states:
-        from fastdist.run.states import save_states
+        from fastdist.run.states import save_states, split_hash
 
         combiner = result.metrics["combiner"]
         saved = save_states(
@@ -81,8 +117,10 @@ def _run(cfg: DictConfig) -> float:
             result.samples_seen,
             result.validation_fraction,
             result.sync,
+            split_hash(cfg),
         )
         log.info("worker states of %s written to %s", combiner, saved)
+    _raise_if_signalled()
     path = write_metrics(result.metrics, out_dir)
     log.info("metrics written to %s", path)
     return result.metrics["test_accuracy"]
@@ -125,8 +163,10 @@ def main() -> None:
     # Let Hydra's own errors reach us unformatted; we print them as one line below.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         _run()
+        _raise_if_signalled()
     except _Terminated:
         raise _fail("terminated; workers stopped and shared memory released", 143) from None
     except KeyboardInterrupt:
@@ -146,13 +186,25 @@ def main() -> None:
             raise _fail(usage_error(exc), 2) from None
         if os.environ.get("FASTDIST_DEBUG"):
             raise
-        # Not a known failure: still one line (and a clean shutdown, which the context
-        # managers already did), with the way to get the whole story.
-        raise _fail(
-            f"unexpected {type(exc).__name__}: {_compact(exc)} "
-            "(run with FASTDIST_DEBUG=1 for the traceback)",
-            1,
-        ) from None
+        raise _fail(*_describe(exc)) from None
+
+
+def _describe(exc: Exception) -> tuple[str, int]:
+    """One line and an exit code for an exception fastdist did not raise itself."""
+    if isinstance(exc, OSError) and exc.filename:
+        # hydra.run.dir or another path we were given cannot be created/written.
+        return f"cannot use {exc.filename}: {exc.strerror or exc}", 2
+    if isinstance(exc, ValueError) and str(exc).startswith("Config group override"):
+        return _compact(exc), 2  # Hydra's own check of a group override (combiner=false)
+    if "Unable to configure handler" in str(exc):  # Hydra's log file in hydra.run.dir
+        return f"cannot write the run's log file (hydra.run.dir?): {_compact(exc)}", 2
+    # Not a known failure: still one line (and a clean shutdown, which the context
+    # managers already did), with the way to get the whole story.
+    return (
+        f"unexpected {type(exc).__name__}: {_compact(exc)} "
+        "(run with FASTDIST_DEBUG=1 for the traceback)",
+        1,
+    )
 
 
 if __name__ == "__main__":

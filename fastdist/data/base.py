@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dataset", "standardize"]
+__all__ = ["Dataset", "check_dataset", "standardize"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,49 @@ class Dataset:
 
 def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Zero mean, unit variance per feature, with statistics from the training split only."""
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std == 0] = 1.0
-    return (
-        ((x_train - mean) / std).astype(np.float32),
-        ((x_test - mean) / std).astype(np.float32),
+    # Non-finite input is refused afterwards (check_dataset) in one line, not warned about.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+        return (
+            ((x_train - mean) / std).astype(np.float32),
+            ((x_test - mean) / std).astype(np.float32),
+        )
+
+
+def check_dataset(data: Dataset, source: str) -> None:
+    """Refuse (ConfigError, one line naming ``source``) arrays that training cannot use
+    safely: shapes that disagree, an empty split, no features, non-finite values, a
+    wrong dtype, or labels outside [0, n_classes) (a compiled kernel would index out of
+    bounds with them). Every loader's output passes here, caches included, before any
+    worker starts."""
+    from fastdist.errors import ConfigError
+
+    def need(ok, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+    need(int(data.n_classes) >= 2, f"needs at least 2 classes, got {data.n_classes}")
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        need(
+            isinstance(x, np.ndarray) and x.ndim == 2 and isinstance(y, np.ndarray) and y.ndim == 1,
+            f"{split} features must be (rows, features) and labels (rows,), got "
+            f"{getattr(x, 'shape', type(x).__name__)} and {getattr(y, 'shape', type(y).__name__)}",
+        )
+        need(len(x) == len(y), f"{len(x)} {split} rows but {len(y)} {split} labels")
+        need(len(y) > 0, f"the {split} split is empty")
+        need(x.dtype == np.float32, f"{split} features must be float32, got {x.dtype}")
+        need(y.dtype.kind in "iu", f"{split} labels must be integers, got {y.dtype}")
+        need(x.shape[1] > 0, f"{split} rows have no features")
+        need(bool(np.isfinite(x).all()), f"{split} features contain NaN or infinite values")
+        low, high = int(y.min()), int(y.max())
+        need(
+            low >= 0 and high < data.n_classes,
+            f"{split} labels must be in [0, {data.n_classes}), found {low}..{high}",
+        )
+    need(
+        data.x_train.shape[1] == data.x_test.shape[1],
+        f"train rows have {data.x_train.shape[1]} features but test rows {data.x_test.shape[1]}",
     )

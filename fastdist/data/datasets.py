@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.data.base import Dataset, standardize
+from fastdist.data.base import Dataset, check_dataset, standardize
 from fastdist.data.files import load_idx_or_npz, load_mnist1d
 from fastdist.errors import ConfigError
 
@@ -26,6 +26,7 @@ __all__ = [
     "SyntheticConfig",
     "check_dataset_config",
     "clear_dataset_cache",
+    "expected_bytes",
     "load_dataset",
     "make_synthetic",
     "load_digits",
@@ -186,12 +187,24 @@ def check_dataset_config(cfg) -> None:
     for key, low in minimum.items():
         if key in cfg and int(cfg[key]) < low:
             raise ConfigError(f"dataset.{key} must be >= {low}, got {cfg[key]}")
+    for key in ("seed", "split_seed"):  # NumPy's seeds: 32-bit unsigned
+        if key in cfg and int(cfg[key]) >= 2**32:
+            raise ConfigError(f"dataset.{key} must be < 2**32, got {cfg[key]}")
     if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
 
 
+def expected_bytes(cfg) -> int | None:
+    """Bytes of the arrays the dataset will hold, when known before loading (the
+    generated ones); None for files, which are already bounded by the disk."""
+    if str(cfg.name) != "synthetic":
+        return None
+    rows = int(cfg.n_train) + int(cfg.n_test)
+    return rows * (int(cfg.n_features) * 4 + 4)
+
+
 def load_dataset(cfg) -> Dataset:
-    """Load the dataset a ``dataset`` config node names.
+    """Load the dataset a ``dataset`` config node names, and check what came back.
 
     Kept per process for the next job with the same settings (a sweep's jobs load
     their data set once): callers must not write into the returned arrays (fastdist
@@ -204,6 +217,8 @@ def load_dataset(cfg) -> Dataset:
             _loaded.insert(0, _loaded.pop(i))
             return dataset
     dataset = DATASETS[str(cfg.name)][1](cfg)
+    path = cfg.get("path") if hasattr(cfg, "get") else getattr(cfg, "path", None)
+    check_dataset(dataset, f"dataset={cfg.name}" + (f" ({path})" if path else ""))
     _loaded.insert(0, (key, dataset))
     del _loaded[_KEEP_LOADED:]
     return dataset

@@ -4,6 +4,8 @@ says where to put it, and a corrupt one is a one-line error that names it."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import os
 import random
@@ -16,7 +18,7 @@ import numpy as np
 from fastdist.data.base import Dataset, standardize
 from fastdist.errors import ConfigError
 
-__all__ = ["load_mnist1d", "load_idx_or_npz", "read_idx"]
+__all__ = ["load_mnist1d", "load_idx_or_npz", "no_cache_writes", "read_idx"]
 
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -81,6 +83,18 @@ def _mnist1d_cache_file(path, seed: int) -> Path:
     return root if root.suffix == ".npz" else root / f"mnist1d_seed{seed}.npz"
 
 
+_UNREADABLE = (
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
+
 def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is absent, unreadable or for another seed."""
     try:
@@ -88,7 +102,7 @@ def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
             if int(cached["seed"]) != seed:
                 return None
             arrays = {key: cached[key] for key in _IDX_FILES}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    except _UNREADABLE:  # regenerate (a seed of inf: OverflowError, found by the fuzz)
         return None
     n_train, n_test, n_features = _MNIST1D_SPLIT
     if arrays["x_train"].shape != (n_train, n_features) or arrays["x_test"].shape != (
@@ -96,19 +110,62 @@ def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
         n_features,
     ):
         return None
+    _check_mnist1d_cache(file, arrays)
     return arrays
+
+
+def _check_mnist1d_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A cache is a file like any other: its right shape says nothing of its contents.
+    Checked here on the raw arrays (before the float32/int32 conversion could hide a
+    label of 2**32 + 3 as 3); the rest is :func:`check_dataset`'s."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        problem = None
+        if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu" or y.ndim != 1:
+            problem = f"{split} arrays have dtypes {x.dtype}/{y.dtype} and label shape {y.shape}"
+        elif y.size and (int(y.min()) < 0 or int(y.max()) >= 10):
+            problem = f"{split} labels outside 0..9 ({int(y.min())}..{int(y.max())})"
+        elif len(y) != len(x):
+            problem = f"{len(x)} {split} rows but {len(y)} labels"
+        elif not np.isfinite(x).all():
+            problem = f"{split} features contain NaN or infinite values"
+        if problem:
+            raise ConfigError(
+                f"dataset=mnist1d: the cache {file} is damaged ({problem}); delete it and "
+                "the next run regenerates it"
+            )
+
+
+_CACHE_WRITES = contextvars.ContextVar("fastdist_cache_writes", default=True)
+
+
+@contextlib.contextmanager
+def no_cache_writes():
+    """Load without writing any cache (``fastdist-combine``: the paths come from an
+    untrusted run directory, and it writes nothing outside that directory)."""
+    token = _CACHE_WRITES.set(False)
+    try:
+        yield
+    finally:
+        _CACHE_WRITES.reset(token)
 
 
 def _write_mnist1d_cache(file: Path, seed: int, arrays: dict[str, np.ndarray]) -> None:
     """Best effort and atomic (concurrent sweep jobs may race): a cache that cannot be
-    written only costs the next run a regeneration."""
+    written only costs the next run a regeneration. The temporary file goes on every
+    path, Ctrl-C included."""
+    if not _CACHE_WRITES.get():
+        return
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp.npz")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, seed=np.int64(seed), **arrays)
         os.replace(tmp, file)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(exc, OSError):
+            raise
 
 
 def load_mnist1d(cfg):
@@ -212,8 +269,8 @@ def _validate(name: str, arrays: dict[str, np.ndarray]) -> None:
             )
         if len(x) != len(y):
             raise ConfigError(f"dataset={name}: {len(x)} {split} images but {len(y)} labels")
-        if split == "train" and len(y) == 0:
-            raise ConfigError(f"dataset={name}: the training split is empty")
+        if len(y) == 0:
+            raise ConfigError(f"dataset={name}: the {split} split is empty")
         if x.dtype.kind not in "ui" or y.dtype.kind not in "ui":
             raise ConfigError(
                 f"dataset={name}: {split} images and labels must be integers "
@@ -261,7 +318,10 @@ def load_idx_or_npz(cfg, name: str):
             raise _missing(name, str(root))
     _validate(name, arrays)
     flat = {
-        key: arrays[key].reshape(len(arrays[key]), -1).astype(np.float32) / np.float32(255.0)
+        key: arrays[key]
+        .reshape(len(arrays[key]), int(np.prod(arrays[key].shape[1:])))
+        .astype(np.float32)
+        / np.float32(255.0)
         for key in ("x_train", "x_test")
     }
     x_train, x_test = standardize(flat["x_train"], flat["x_test"])

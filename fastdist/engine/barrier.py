@@ -59,7 +59,16 @@ class SpinBarrier:
     cores, and it gives the core away when they are not), then sleeps in 100 us steps.
     """
 
-    def __init__(self, slots: np.ndarray, rank: int | None, spin_seconds: float = 0.005) -> None:
+    def __init__(
+        self,
+        slots: np.ndarray,
+        rank: int | None,
+        spin_seconds: float = 0.005,
+        heartbeat: np.ndarray | None = None,
+    ) -> None:
+        # ``heartbeat``: this party's liveness slot (engine.liveness); waiting beats it,
+        # so a party blocked by a frozen peer is not mistaken for the frozen one.
+        self._beat = heartbeat
         self.n_parties = slots.shape[0] - 1
         self._slots = slots
         self._arrivals = slots[: self.n_parties, 0]
@@ -73,7 +82,7 @@ class SpinBarrier:
         self._generation += 1
         generation = self._generation
         self._slots[self.rank, 0] = generation
-        arrivals, abort_flag = self._arrivals, self._abort_flag
+        arrivals, abort_flag, beat = self._arrivals, self._abort_flag, self._beat
         started = None
         while arrivals.min() < generation:
             if abort_flag[0]:
@@ -83,6 +92,8 @@ class SpinBarrier:
             if time.perf_counter() - started < self._spin:
                 os.sched_yield()
             else:
+                if beat is not None:
+                    beat[0] = time.monotonic_ns()
                 time.sleep(1e-4)
         if abort_flag[0]:
             raise threading.BrokenBarrierError

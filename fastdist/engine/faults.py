@@ -4,7 +4,8 @@ the coordinator's children inherit:
 
     FASTDIST_INJECT_FAULT="worker=1,step=5,kind=sigkill[,once=/tmp/marker]"
 
-``kind`` is ``raise`` (RuntimeError), ``exit`` (os._exit(3)) or ``sigkill``. With
+``kind`` is ``raise`` (RuntimeError), ``exit`` (os._exit(3)), ``sigkill``, or
+``sigstop`` (the worker freezes: alive, silent, holding its peers at the barrier). With
 ``once=PATH`` the fault fires only if PATH does not exist yet, and creates it, so a
 respawned worker does not fail again. Unset (always, outside tests), it costs one
 comparison per step.
@@ -22,7 +23,7 @@ ENV_VAR = "FASTDIST_INJECT_FAULT"
 
 class FaultPlan:
     def __init__(self, worker: int, step: int, kind: str, once: str | None) -> None:
-        if kind not in ("raise", "exit", "sigkill"):
+        if kind not in ("raise", "exit", "sigkill", "sigstop"):
             raise ValueError(f"{ENV_VAR}: unknown kind {kind!r}")
         self.worker, self.step, self.kind, self.once = worker, step, kind, once
 
@@ -38,6 +39,9 @@ class FaultPlan:
             raise RuntimeError(f"injected fault at step {step}")
         if self.kind == "exit":
             os._exit(3)
+        if self.kind == "sigstop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

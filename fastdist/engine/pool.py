@@ -5,6 +5,12 @@ messages (ready, progress, done, error). The coordinator waits on the pipes and 
 process sentinels together, so a worker that dies, even by SIGKILL, is noticed at once:
 the barrier is aborted, the survivors are stopped, and a one-line :class:`WorkerError`
 is raised. Nothing waits without a way out.
+
+A worker that is alive but makes no progress (stopped with SIGSTOP, stuck in a
+deadlock) never closes a pipe, so workers also beat a heartbeat in the pool's segment
+(at every step and while waiting at the barrier); one that stays silent longer than the
+pool's ``worker_timeout`` is killed and reported like a dead one (see
+:class:`Liveness`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from fastdist.engine.barrier import SpinBarrier, barrier_shape
+from fastdist.engine.liveness import Liveness, heartbeat_shape
 from fastdist.engine.shm import ArenaSpec, SharedArena
+from fastdist.engine.signals import deferred_signals
 from fastdist.engine.threads import environment, thread_env
 from fastdist.errors import FastdistError, WorkerError
 
@@ -43,21 +51,45 @@ class WorkerContext:
     n_workers: int
     barrier: SpinBarrier  # shared by the workers; the coordinator can abort it
     _conn: Connection
+    _heartbeat: np.ndarray | None = None  # this worker's row of the pool's heartbeats
+    _last_step_ns: int = 0
+    _slowest_ns: int = 0
 
     def send(self, kind: str, payload: Any = None) -> None:
         """A small control message to the coordinator (never an array)."""
         self._conn.send((kind, self.rank, payload))
 
+    def heartbeat(self, step: int) -> None:
+        """``step`` steps are done: tell the coordinator this worker is making progress
+        (a few array stores; call it once per step)."""
+        beat = self._heartbeat
+        if beat is None:
+            return
+        now = time.monotonic_ns()
+        if self._last_step_ns:
+            took = now - self._last_step_ns
+            if took > self._slowest_ns:  # rare: written only when it grows
+                self._slowest_ns = beat[3] = took
+        else:
+            beat[2] = 1  # stepping: past imports and compilation
+        self._last_step_ns = now
+        beat[1] = step
+        beat[0] = now
 
-def _die_with_parent() -> None:
+
+def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this worker if the coordinator dies, so a killed coordinator
-    leaves no orphan computing into a segment nobody reads."""
+    leaves no orphan computing into a segment nobody reads.
+
+    ``parent`` is the coordinator's pid as it recorded it when spawning: comparing with
+    it (not with 1) also works when the coordinator itself is PID 1, as in a container.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
@@ -74,15 +106,19 @@ def _bootstrap(
     conn,
     sync_spec: ArenaSpec,
     cpus: tuple[int, ...] | None,
+    parent: int,
 ) -> None:
     # Ctrl-C reaches the whole process group; only the coordinator decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent)
     if cpus:
         # Before any math library starts its threads: XLA sizes its pool from this set.
         os.sched_setaffinity(0, cpus)
     sync = SharedArena.attach(sync_spec)
-    ctx = WorkerContext(rank, n_workers, SpinBarrier(sync["barrier"], rank), conn)
+    beat = sync["heartbeat"][rank]
+    beat[0] = time.monotonic_ns()
+    barrier = SpinBarrier(sync["barrier"], rank, heartbeat=beat)
+    ctx = WorkerContext(rank, n_workers, barrier, conn, beat)
     try:
         target(ctx, *args)
     except threading.BrokenBarrierError:
@@ -182,15 +218,22 @@ class WorkerPool:
         threads: int = 1,
         extra_env: dict[str, str] | None = None,
         pin_cpus: bool = False,
+        worker_timeout: float | None = None,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {n_workers}")
         self.n_workers = n_workers
         self._ctx = mp.get_context("spawn")
-        # The barrier lives in a small segment of the pool's own, so the pool works
-        # with or without a data arena.
-        self._sync = SharedArena.create({"barrier": (barrier_shape(n_workers), np.int64)})
+        # The barrier and the heartbeats live in a small segment of the pool's own, so
+        # the pool works with or without a data arena.
+        self._sync = SharedArena.create(
+            {
+                "barrier": (barrier_shape(n_workers), np.int64),
+                "heartbeat": (heartbeat_shape(n_workers), np.int64),
+            }
+        )
         self.barrier = SpinBarrier(self._sync["barrier"], rank=None)
+        self.liveness = Liveness(self._sync["heartbeat"], worker_timeout)
         self._target, self._args = target, args
         self._env = {**thread_env(threads), **(extra_env or {})}
         self._cpus = _cpu_sets(n_workers, threads) if pin_cpus else [None] * n_workers
@@ -223,6 +266,7 @@ class WorkerPool:
                         send,
                         self._sync.spec,
                         self._cpus[rank],
+                        os.getpid(),
                     ),
                     name=f"fastdist-worker-{rank}",
                     daemon=True,
@@ -250,7 +294,21 @@ class WorkerPool:
         while len(results) < self.n_workers:
             live = [c for r, c in enumerate(self._conns) if r not in results and not c.closed]
             sentinels = [p.sentinel for r, p in enumerate(self._procs) if r not in results]
-            for obj in wait(live + sentinels):
+            ready = wait(live + sentinels, timeout=self.liveness.poll_seconds)
+            silent = self.liveness.silent_worker(set(results))
+            if silent is not None:
+                # Stopped or stuck: kill it (SIGKILL works on a stopped process too),
+                # then it is a dead worker like any other, under the same policy.
+                rank, message = silent
+                self._procs[rank].kill()
+                self._procs[rank].join(_GRACE_SECONDS)
+                self.liveness.forget(rank)
+                if not tolerate_failures:
+                    raise WorkerError(message)
+                self.barrier.exclude(rank)
+                results[rank] = {"failed": message}
+                continue
+            for obj in ready:
                 rank = conn_rank[id(obj)] if isinstance(obj, Connection) else sentinel_rank[obj]
                 if rank in results:
                     continue
@@ -316,9 +374,7 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:
-        # Cleanup must finish even if a second Ctrl-C arrives while it runs.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        # Cleanup must finish even if a (second) Ctrl-C arrives while it runs, on any
+        # thread: the signal is held back and delivered afterwards.
+        with deferred_signals():
             self.shutdown()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -10,8 +10,12 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,15 @@ from omegaconf import OmegaConf
 
 from fastdist.errors import ConfigError, DivergenceError
 
-__all__ = ["config_hash", "write_checkpoint", "read_checkpoint"]
+__all__ = [
+    "atomic_savez",
+    "check_checkpoint_path",
+    "config_hash",
+    "settings_hash",
+    "write_checkpoint",
+    "read_checkpoint",
+    "remove_abandoned_temporaries",
+]
 
 # What defines the trajectory; the run's length, outputs and diagnostics do not.
 _TRAJECTORY_KEYS = (
@@ -37,12 +49,70 @@ _TRAJECTORY_KEYS = (
 )
 
 
-def config_hash(cfg) -> str:
+def settings_hash(cfg, keys: tuple[str, ...]) -> str:
+    """A short hash of the settings ``keys`` of a composed config."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    node = {key: plain.get(key) for key in _TRAJECTORY_KEYS}
-    node["backend"] = {"name": node["backend"]["name"]} if node["backend"] else None
+    node = {key: plain.get(key) for key in keys}
+    if isinstance(node.get("backend"), dict):
+        node["backend"] = {"name": node["backend"]["name"]}
     text = OmegaConf.to_yaml(OmegaConf.create(node))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_hash(cfg) -> str:
+    return settings_hash(cfg, _TRAJECTORY_KEYS)
+
+
+def atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` to a temporary name beside ``path``, then rename: a reader never
+    sees half a file, and the temporary file is removed on every failure path (a full
+    disk, an exception, Ctrl-C). The writer holds an ``flock`` on it meanwhile, so one
+    left by a killed writer is told apart from one being written
+    (:func:`remove_abandoned_temporaries`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        with open(tmp, "wb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.replace(tmp, path)  # still locked: no cleaner can take it for abandoned
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def remove_abandoned_temporaries(path: Path) -> list[Path]:
+    """Remove ``.NAME.PID.tmp.npz`` files beside ``path`` that no writer holds (left by
+    a writer killed with SIGKILL); return them."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp.npz"):
+        try:
+            with open(tmp, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue  # being written, or already gone
+    return removed
+
+
+def check_checkpoint_path(path: str | Path) -> None:
+    """Before start-up: ``checkpoint.path`` must name a file we can create or replace."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise ConfigError(f"checkpoint.path={path} is a directory; name a file (e.g. ckpt.npz)")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{path.name}.{os.getpid()}.probe"
+        probe.touch()
+        probe.unlink()
+        remove_abandoned_temporaries(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"checkpoint.path={path}: cannot write there ({exc.strerror or exc})"
+        ) from None
 
 
 def write_checkpoint(
@@ -60,38 +130,60 @@ def write_checkpoint(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
+    atomic_savez(
+        path,
         params=params,
         opt_state=opt_state,
         step=np.int64(step),
         seed=np.int64(seed),
         config_hash=np.str_(digest),
     )
-    os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | Path, digest: str, params_shape, state_shape) -> dict:
+_CHECKPOINT_KEYS = ("params", "opt_state", "step", "seed", "config_hash")
+
+
+def read_checkpoint(path: str | Path, digest: str, params_shape=None, state_shape=None) -> dict:
+    """The checkpoint at ``path``, every field checked; any problem is one ConfigError
+    line. Shapes are checked when given (the run's model may not be built yet)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"resume={path}: no such checkpoint")
     try:
-        with np.load(path) as data:
-            state = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"resume={path}: not a readable checkpoint ({exc})") from None
-    if str(state["config_hash"]) != digest:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in _CHECKPOINT_KEYS if key not in data.files]
+            if missing:
+                raise ConfigError(
+                    f"resume={path}: not a readable checkpoint (missing {', '.join(missing)})"
+                )
+            state = {key: data[key] for key in _CHECKPOINT_KEYS}
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"resume={path}: not a readable checkpoint ({detail})") from None
+
+    def need(ok, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"resume={path}: not a usable checkpoint ({message})")
+
+    step, text = state["step"], state["config_hash"]
+    need(step.shape == () and step.dtype.kind in "iu", "step is not an integer")
+    need(int(step) >= 0, f"step {int(step)} is negative")
+    need(text.shape == () and text.dtype.kind == "U", "config_hash is not text")
+    if str(text) != digest:
         raise ConfigError(
             f"resume={path}: the checkpoint was written by a run with a different "
             "configuration (workers, seed, batch, combiner, data, model or optimizer differ)"
         )
-    if state["params"].shape != tuple(params_shape) or state["opt_state"].shape != tuple(
-        state_shape
+    params, opt_state = state["params"], state["opt_state"]
+    need(params.dtype.kind == "f" and opt_state.dtype.kind == "f", "arrays are not floats")
+    need(
+        bool(np.isfinite(params).all() and np.isfinite(opt_state).all()),
+        "parameters are not finite",
+    )
+    if params_shape is not None and (
+        params.shape != tuple(params_shape) or opt_state.shape != tuple(state_shape)
     ):
         raise ConfigError(f"resume={path}: the checkpoint's shapes do not match this model")
-    return {
-        "params": state["params"],
-        "opt_state": state["opt_state"],
-        "step": int(state["step"]),
-    }
+    return {"params": params, "opt_state": opt_state, "step": int(step)}

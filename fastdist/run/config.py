@@ -31,6 +31,7 @@ from fastdist.run.progress import ProgressMode
 
 __all__ = [
     "checkpointing",
+    "default_max_workers",
     "enum_value",
     "validate",
     "Backend",
@@ -109,6 +110,12 @@ class FastdistConfig:
     resume: str | None = None  # a checkpoint.npz to continue from
     on_worker_failure: FailurePolicy = FailurePolicy["fail"]
     max_respawns: int = 3
+    # Seconds a worker may make no progress (stopped, stuck) before it counts as
+    # failed; null = max(60 s, 10x the slowest step so far). Start-up gets >= 10 min.
+    worker_timeout: float | None = None
+    # Refuse more workers than this (default: 4x the CPUs this process may use, at
+    # least 8): beyond it they only take turns. Set it to run more anyway.
+    max_workers: int | None = None
     dist: Dist = Dist.local
     lr_scaling: LrScaling = LrScaling["none"]
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -210,7 +217,15 @@ def validate(cfg) -> None:
             raise ConfigError(message)
 
     need(int(cfg.workers) >= 1, f"workers must be >= 1, got {cfg.workers}")
-    need(int(cfg.seed) >= 0, f"seed must be >= 0, got {cfg.seed}")
+    limit = cfg.get("max_workers")
+    limit = default_max_workers() if limit is None else int(limit)
+    need(
+        int(cfg.workers) <= limit,
+        f"workers={cfg.workers} is more than the limit of {limit} "
+        f"({'max_workers' if cfg.get('max_workers') is not None else '4x the CPUs here'}): "
+        f"they would only take turns; set max_workers={cfg.workers} to run it anyway",
+    )
+    need(0 <= int(cfg.seed) < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
     need(int(cfg.batch_size) >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     need(int(cfg.epochs) >= 1, f"epochs must be >= 1, got {cfg.epochs}")
     need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
@@ -223,8 +238,32 @@ def validate(cfg) -> None:
         eval_every is None or int(eval_every) >= 0,
         f"history.eval_every must be >= 0, got {eval_every}",
     )
+    timeout = cfg.worker_timeout
+    need(
+        timeout is None or float(timeout) > 0,
+        f"worker_timeout must be > 0 seconds or null, got {timeout}",
+    )
     check_dataset_config(cfg.dataset)
+    reference = cfg.combiner.get("reference") if hasattr(cfg.combiner, "get") else None
+    need(
+        not isinstance(reference, int)
+        or enum_value(cfg.dist) != "local"
+        or 0 <= reference < int(cfg.workers),
+        f"combiner.reference={reference} must name one of the {cfg.workers} workers "
+        f"(0..{int(cfg.workers) - 1})",
+    )
     checkpointing(cfg)
+
+
+def default_max_workers() -> int:
+    """The default ``max_workers``: 4x the CPUs this process may use, at least 8."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(8, 4 * cpus)
 
 
 def checkpointing(cfg) -> tuple[int | None, str | None]:

@@ -18,12 +18,13 @@ from fastdist.combiners.base import CombinedModel, Combiner, Sync
 from fastdist.combiners.evaluate import predict_proba, preload_host_kernel
 from fastdist.engine.barrier import barrier_shape, check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
-from fastdist.engine.shm import SharedArena
+from fastdist.engine.memory import check_memory_plan
+from fastdist.engine.shm import SharedArena, arena_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.optim.schedules import LearningRate, lr_scale
-from fastdist.run.checkpoint import config_hash, read_checkpoint
+from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
@@ -80,6 +81,14 @@ def train(cfg) -> RunResult:
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
     place = Placement.of(comm, int(cfg.workers))
+    # Everything that can be checked before start-up is: the checkpoint's file and
+    # the file to resume from (its shapes once the model is known), the memory.
+    digest = config_hash(cfg)
+    every, checkpoint_path = checkpointing(cfg)
+    if checkpoint_path:
+        check_checkpoint_path(checkpoint_path)
+    resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
+    _plan_data_memory(cfg)
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
     data = prepare_data(cfg, place.total_workers, fraction)
@@ -90,17 +99,16 @@ def train(cfg) -> RunResult:
     # One pure function of the global step: every worker computes the same rate.
     scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
     rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
-    backend = enum_value(cfg.backend.name)
-    model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     rows, shards = place.node_rows(data.shards)
     steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
-    digest = config_hash(cfg)
-    every, checkpoint_path = checkpointing(cfg)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
     arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
     if eval_every:  # run/history.py: the rows as they stood at an evaluation step
         arrays["snapshots"] = arrays["params"]
+    check_memory_plan(arena_bytes(arrays), what="this run's arena")
+    backend = enum_value(cfg.backend.name)
+    model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     with SharedArena.create(arrays) as arena:
         _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
@@ -116,7 +124,7 @@ def train(cfg) -> RunResult:
             seed=int(cfg.seed),
             threads=int(cfg.backend.threads),
             backend_options=_backend_options(cfg),
-            start_step=_resume(cfg, arena, digest, total_steps),
+            start_step=_resume(cfg, arena, resumed, total_steps),
             checkpoint_every=every,
             checkpoint_path=checkpoint_path,
             config_hash=digest,
@@ -297,11 +305,31 @@ def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement)
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
 
 
-def _resume(cfg, arena, digest: str, total_steps: int) -> int:
-    """Load ``resume=PATH`` into the arena; the step to start from (0 without one)."""
-    if not cfg.resume:
+def _plan_data_memory(cfg) -> None:
+    """Before generating data: the generated set, its shuffled copy and the arena's
+    copy of the training rows must fit (files are bounded by the disk already)."""
+    from fastdist.data.datasets import expected_bytes
+
+    data_bytes = expected_bytes(cfg.dataset)
+    if data_bytes is not None:
+        train_share = (
+            data_bytes
+            * int(cfg.dataset.n_train)
+            // (int(cfg.dataset.n_train) + int(cfg.dataset.n_test))
+        )
+        check_memory_plan(train_share, 2 * data_bytes, what=f"dataset={cfg.dataset.name}")
+
+
+def _resume(cfg, arena, state: dict | None, total_steps: int) -> int:
+    """Put the checkpoint read at start-up into the arena; the step to start from (0
+    without one)."""
+    if state is None:
         return 0
-    state = read_checkpoint(cfg.resume, digest, arena["params"].shape, arena["opt_state"].shape)
+    if (state["params"].shape, state["opt_state"].shape) != (
+        arena["params"].shape,
+        arena["opt_state"].shape,
+    ):
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint's shapes do not match this model")
     arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
     if state["step"] >= total_steps:
         raise ConfigError(
@@ -334,7 +362,12 @@ def _pool_options(cfg, backend: str) -> dict:
         from fastdist.models.kernels.jax_mlp import configure_jax_threads
 
         env = configure_jax_threads(threads, _backend_options(cfg)["compilation_cache"])
-    return {"threads": threads, "extra_env": env, "pin_cpus": bool(cfg.backend.pin_cpus)}
+    return {
+        "threads": threads,
+        "extra_env": env,
+        "pin_cpus": bool(cfg.backend.pin_cpus),
+        "worker_timeout": cfg.get("worker_timeout"),
+    }
 
 
 def _backend_options(cfg) -> dict:

@@ -184,6 +184,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             seen += batch
             step += 1
             progress[0] = step
+            ctx.heartbeat(step)  # liveness: the coordinator notices a frozen worker
             reporter.after_step(step, loss, batch)
             if spec.checkpoint_every and step % spec.checkpoint_every == 0:
                 _checkpoint(ctx, spec, param_rows, state_rows, step)
