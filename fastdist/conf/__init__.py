@@ -9,7 +9,7 @@ from importlib.resources import files
 
 __all__ = ["RECORD_GROUPS", "registered"]
 
-RECORD_GROUPS = ("combiner", "model", "optimizer")
+RECORD_GROUPS = ("combiner", "model", "optimizer", "partition")
 
 
 @functools.cache

@@ -39,6 +39,11 @@ def config_hash(cfg) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     node = {key: plain.get(key) for key in _TRAJECTORY_KEYS}
     node["backend"] = {"name": node["backend"]["name"]} if node["backend"] else None
+    # The split defines the trajectory too; left out when IID so hashes written before
+    # partitions existed still match.
+    partition = plain.get("partition")
+    if partition and not str(partition.get("_target_", "")).endswith(".iid"):
+        node["partition"] = partition
     text = OmegaConf.to_yaml(OmegaConf.create(node))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -98,6 +98,7 @@ class FastdistConfig:
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
+    partition: Any = MISSING  # how the training rows are split across workers
 
 
 def _schema_type(annotation: Any) -> Any:

@@ -67,7 +67,8 @@ def train(cfg) -> RunResult:
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
     if combiner.check_model is not None:
         combiner.check_model(model)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
+    smallest = min(hi - lo for lo, hi in data.shards)
+    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     rows, shards = place.node_rows(data.shards)

@@ -16,13 +16,25 @@ import importlib
 
 from fastdist.combiners.base import Combiner
 from fastdist.conf import registered
+from fastdist.data.partitions import Partition
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 
-__all__ = ["build_combiner", "build_model", "build_optimizer", "check_saved_overrides"]
+__all__ = [
+    "build_combiner",
+    "build_model",
+    "build_optimizer",
+    "build_partition",
+    "check_saved_overrides",
+]
 
-_RECORD_TYPES = {"combiner": Combiner, "model": Model, "optimizer": Optimizer}
+_RECORD_TYPES = {
+    "combiner": Combiner,
+    "model": Model,
+    "optimizer": Optimizer,
+    "partition": Partition,
+}
 
 
 def _factory(target: str, group: str, trusted: bool):
@@ -72,6 +84,15 @@ def build_combiner(node, trusted: bool = True) -> Combiner:
 
 def build_optimizer(node, trusted: bool = True) -> Optimizer:
     return _build(node, "optimizer", trusted)
+
+
+def build_partition(node, trusted: bool = True) -> Partition:
+    """The partition record (``iid`` when the config predates the partition group)."""
+    if node is None:
+        from fastdist.data.partitions import iid
+
+        return iid()
+    return _build(node, "partition", trusted)
 
 
 def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:
