@@ -1,8 +1,10 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
-The state of a run is small: the parameter rows, the optimizer-state rows and the
-number of steps taken. Batch order is a pure function of (seed, worker, epoch), so no
-RNG object needs saving; the seed is recorded with the rest. Files are written to a
+The state of a run is small: the parameter rows, the optimizer-state rows, the number
+of steps taken, and whatever else a combiner keeps in the arena (``extra``: a
+local-update round's server model, outer-optimizer state and control variates). Batch
+order is a pure function of (seed, worker, epoch), so no RNG object needs saving; the
+seed is recorded with the rest. Files are written to a
 temporary name and renamed, so a crash mid-write leaves the previous checkpoint intact,
 and a state that is not finite is never written, so a diverged run keeps its last good
 checkpoint.
@@ -55,8 +57,11 @@ def write_checkpoint(
     step: int,
     seed: int,
     digest: str,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    if not (np.isfinite(params).all() and np.isfinite(opt_state).all()):
+    extra = extra or {}
+    arrays = [params, opt_state, *extra.values()]
+    if not all(np.isfinite(a).all() for a in arrays):
         raise DivergenceError(
             f"parameters are not finite at step {step}; kept the last good checkpoint "
             f"{path}; try a smaller optimizer.lr"
@@ -71,11 +76,16 @@ def write_checkpoint(
         step=np.int64(step),
         seed=np.int64(seed),
         config_hash=np.str_(digest),
+        **{f"extra_{name}": value for name, value in extra.items()},
     )
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | Path, digest: str, params_shape, state_shape) -> dict:
+def read_checkpoint(
+    path: str | Path, digest: str, params_shape, state_shape, extra_shapes=None
+) -> dict:
+    """The checkpoint's arrays; ``extra_shapes`` (name -> shape) are the other arena
+    arrays the run keeps, which the file must hold with those shapes."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"resume={path}: no such checkpoint")
@@ -93,8 +103,15 @@ def read_checkpoint(path: str | Path, digest: str, params_shape, state_shape) ->
         state_shape
     ):
         raise ConfigError(f"resume={path}: the checkpoint's shapes do not match this model")
+    extra = {}
+    for name, shape in (extra_shapes or {}).items():
+        value = state.get(f"extra_{name}")
+        if value is None or value.shape != tuple(shape):
+            raise ConfigError(f"resume={path}: the checkpoint lacks this combiner's {name}")
+        extra[name] = value
     return {
         "params": state["params"],
         "opt_state": state["opt_state"],
         "step": int(state["step"]),
+        "extra": extra,
     }

@@ -87,6 +87,11 @@ class FastdistConfig:
     # accuracy (greedy soup). 0 = none; such a combiner then takes 0.1 and says so.
     validation_fraction: float = 0.0
     diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
+    # Periodic evaluation (the model after the first sync at or past every eval_every
+    # steps, scored after training; see fastdist.run.accounting) and the accuracy whose
+    # first crossing metrics.json reports as time-to-accuracy.
+    eval_every: int | None = None
+    target_accuracy: float | None = None
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
@@ -189,6 +194,8 @@ def validate(cfg) -> None:
     need(cfg.steps is None or int(cfg.steps) >= 1, f"steps must be >= 1, got {cfg.steps}")
     need(int(cfg.backend.threads) >= 1, f"backend.threads must be >= 1, got {cfg.backend.threads}")
     need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
+    every = cfg.get("eval_every")
+    need(every is None or int(every) >= 1, f"eval_every must be >= 1 or null, got {every}")
     check_dataset_config(cfg.dataset)
     checkpointing(cfg)
 

@@ -21,6 +21,7 @@ from fastdist.engine.shm import SharedArena
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
+from fastdist.run.accounting import eval_arrays, run_accounting
 from fastdist.run.checkpoint import config_hash, read_checkpoint
 from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
@@ -29,6 +30,7 @@ from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepar
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.progress import EpochLog
 from fastdist.run.records import build_combiner, build_model, build_optimizer
+from fastdist.run.rounds import ROUND_STATE, check_rounds, round_arrays
 from fastdist.run.supervision import check_failure_policy, supervise
 from fastdist.run.worker import WorkerSpec
 
@@ -60,6 +62,7 @@ def train(cfg) -> RunResult:
     fraction = held_out_fraction(cfg, combiner)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
+    check_rounds(combiner, optimizer, enum_value(cfg.dist))
     place = Placement.of(comm, int(cfg.workers))
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
@@ -77,6 +80,9 @@ def train(cfg) -> RunResult:
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
     arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
+    arrays.update(round_arrays(combiner, place.workers, model.layout.size))
+    eval_every = None if cfg.get("eval_every") is None else int(cfg.eval_every)
+    arrays.update(eval_arrays(eval_every, total_steps, model.layout.size, combiner.sync))
     with SharedArena.create(arrays) as arena:
         _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
@@ -97,6 +103,7 @@ def train(cfg) -> RunResult:
             config_hash=digest,
             hierarchical=comm is not None,
             rank_offset=place.first_worker,
+            eval_every=eval_every,
         )
         _announce(combiner, data.dataset.name, place, spec)
         # 3. Spawn the workers and train, under the failure policy.
@@ -128,6 +135,7 @@ def train(cfg) -> RunResult:
             int(cfg.seed),
             bool(cfg.diagnostics),
         )
+        metrics.update(run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done))
         data.x_train = data.y_train = None  # drop the views before the arena closes
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
     metrics.update(
@@ -239,14 +247,21 @@ def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement)
     for row in range(arena["params"].shape[0]):
         worker = place.first_worker + row
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
+    if "anchor" in arena:  # local-update rounds: the server model starts where all do
+        arena["anchor"][:] = arena["params"][0]
 
 
 def _resume(cfg, arena, digest: str, total_steps: int) -> int:
     """Load ``resume=PATH`` into the arena; the step to start from (0 without one)."""
     if not cfg.resume:
         return 0
-    state = read_checkpoint(cfg.resume, digest, arena["params"].shape, arena["opt_state"].shape)
+    extra = {name: arena[name].shape for name in ROUND_STATE if name in arena}
+    state = read_checkpoint(
+        cfg.resume, digest, arena["params"].shape, arena["opt_state"].shape, extra
+    )
     arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
+    for name, value in state["extra"].items():
+        arena[name][:] = value
     if state["step"] >= total_steps:
         raise ConfigError(
             f"resume={cfg.resume}: the checkpoint is at step {state['step']}, the run "
