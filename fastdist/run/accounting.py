@@ -35,32 +35,34 @@ def eval_arrays(eval_every: int | None, total_steps: int, size: int, sync: Sync)
     """The arena slots for periodic evaluation (none without in-training sync)."""
     if not eval_every or sync in (Sync.NONE, Sync.ASYNC):
         return {}
-    n = total_steps // int(eval_every) + 1
+    n = total_steps // int(eval_every)
     # eval_marks rows: (steps done, nanoseconds since the workers' clock started)
     return {"eval_models": ((n, size), np.float32), "eval_marks": ((n, 2), np.int64)}
 
 
 class Snapshots:
-    """Worker 0's side: copy the synced model into the next slot when one is due."""
+    """Worker 0's side: copy the synced model into slot m-1 at the first sync at or past
+    m * every steps. Slots are a function of the step, so a respawned or resumed run
+    writes the same slots."""
 
-    def __init__(self, arena, every: int | None, rounds) -> None:
+    def __init__(self, arena, every: int | None, rounds, start_step: int = 0) -> None:
         has = "eval_models" in arena
         self.models = arena["eval_models"] if has else None
         self.marks = arena["eval_marks"] if has else None
         self.every, self.rounds = every, rounds
         self.anchor = arena["anchor"] if rounds is not None else None
-        self.slot, self.due = 0, every or 0
+        self.due = (start_step // every + 1) * every if every else 0
 
     def maybe_take(self, step: int, schedule, param_rows, start: float) -> None:
         done = step + 1
-        if self.models is None or done < self.due or self.slot >= len(self.models):
+        if self.models is None or done < self.due:
             return
         synced = self.rounds.sync_at(step) if self.rounds is not None else schedule.sync_at(step)
         if not synced:
             return
-        self.models[self.slot] = self.anchor if self.anchor is not None else param_rows[0]
-        self.marks[self.slot] = (done, int((time.monotonic() - start) * 1e9))
-        self.slot += 1
+        slot = done // self.every - 1
+        self.models[slot] = self.anchor if self.anchor is not None else param_rows[0]
+        self.marks[slot] = (done, int((time.monotonic() - start) * 1e9))
         self.due = (done // self.every + 1) * self.every
 
 
@@ -167,10 +169,11 @@ def run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done) -> 
         spec.total_steps,
     )
     evaluations, split = _evaluations(arena, model, data, syncs, cumulative)
-    partition = cfg.get("partition")
+    partition = cfg.get("partition") or {"_target_": "iid"}
     target = cfg.get("target_accuracy")
     return {
-        "partition": str(partition["_target_"]).rsplit(".", 1)[-1] if partition else "iid",
+        "partition": str(partition["_target_"]).rsplit(".", 1)[-1],
+        "partition_options": {str(k): v for k, v in partition.items() if k != "_target_"},
         "shard_sizes": [hi - lo for lo, hi in data.shards],
         "shard_label_histograms": label_histograms(
             np.asarray(data.y_train), data.shards, data.dataset.n_classes

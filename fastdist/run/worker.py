@@ -99,7 +99,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             arena, schedule.rounds, rank=rank, n_workers=n_workers, seed=spec.seed,
             total_steps=spec.total_steps, shards=spec.shards,
         )  # fmt: skip
-    snapshots = Snapshots(arena, spec.eval_every, rounds) if rank == 0 else None
+    snapshots = Snapshots(arena, spec.eval_every, rounds, spec.start_step) if rank == 0 else None
     round_state = {name: arena[name] for name in ROUND_STATE if name in arena}
     sync_seconds, computed = 0.0, 0  # time between a sync's barriers; batches computed
     # Steps done, readable by the coordinator even if this process dies.
