@@ -11,19 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastdist.cli.main import main
+from fastdist.conf import registered
 from fastdist.run.config import default_max_workers
 
-KNOWN_COMBINERS = {
-    "grad_avg",
-    "weight_avg",
-    "local_sgd",
-    "ensemble",
-    "hogwild",
-    "soup_uniform",
-    "soup_greedy",
-    "fisher_avg",
-    "aligned_avg",
-}
+KNOWN_COMBINERS = set(registered("combiner"))  # every shipped preset
 words = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
 non_positive = st.integers(max_value=0).map(str)
 negative = st.integers(max_value=-1).map(str)

@@ -93,7 +93,11 @@ def test_a_two_by_two_multirun_writes_one_metrics_file_per_job(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "code", "cause"),
     [
-        (["combiner=nope"], 2, "Could not find 'combiner/nope' (available: aligned_avg, ensemble,"),
+        (
+            ["combiner=nope"],
+            2,
+            "Could not find 'combiner/nope' (available: aligned_avg, diloco, ensemble,",
+        ),
         (["workers=0"], 2, "workers must be >= 1, got 0"),
         (["batch_size=4096"], 2, "batch_size=4096 is larger than a shard"),
         (["workers=two"], 2, "could not be converted to Integer (key: workers)"),

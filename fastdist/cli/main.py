@@ -68,6 +68,19 @@ def write_metrics(metrics: dict, directory: str | Path) -> Path:
     return path
 
 
+def _raised_by_hydra(exc: BaseException) -> bool:
+    """Hydra's override parser raises plain ValueErrors for some bad overrides
+    (``combiner=true``: a group given a bool); they are bad input too."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (
+        isinstance(exc, ValueError)
+        and tb is not None
+        and (str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra."))
+    )
+
+
 def _fail(message: str, code: int) -> SystemExit:
     sys.stderr.write(f"fastdist: error: {message}\n")
     sys.stderr.flush()
@@ -179,7 +192,7 @@ def main() -> None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if isinstance(exc, (HydraException, OmegaConfBaseException)):
+        if isinstance(exc, (HydraException, OmegaConfBaseException)) or _raised_by_hydra(exc):
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
             raise _fail(launcher_hint(str(exc)) or _compact(cause), 2) from None
         if usage_error(exc):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,9 @@ class SyncSchedule:
     exchange: Sync = Sync.NONE
     period: int | None = None  # Sync.PARAMETERS: average after every ``period`` steps
     average_state: bool = False  # Sync.PARAMETERS: average the optimizer state too
+    # Local-update rounds with an outer optimizer (fastdist.combiners.federated.RoundPlan);
+    # None for plain parameter averaging.
+    rounds: Any = None
 
     def sync_at(self, step: int) -> bool:
         """Whether the workers meet after (0-based) step ``step``."""

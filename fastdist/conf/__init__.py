@@ -9,7 +9,7 @@ from importlib.resources import files
 
 __all__ = ["RECORD_GROUPS", "registered"]
 
-RECORD_GROUPS = ("combiner", "model", "optimizer", "schedule")
+RECORD_GROUPS = ("combiner", "model", "optimizer", "schedule", "partition")
 
 
 @functools.cache

@@ -1,8 +1,10 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
-The state of a run is small: the parameter rows, the optimizer-state rows and the
-number of steps taken. Batch order is a pure function of (seed, worker, epoch), so no
-RNG object needs saving; the seed is recorded with the rest. Files are written to a
+The state of a run is small: the parameter rows, the optimizer-state rows, the number
+of steps taken, and whatever else a combiner keeps in the arena (``extra``: a
+local-update round's server model, outer-optimizer state and control variates). Batch
+order is a pure function of (seed, worker, epoch), so no RNG object needs saving; the
+seed is recorded with the rest. Files are written to a
 temporary name and renamed, so a crash mid-write leaves the previous checkpoint intact,
 and a state that is not finite is never written, so a diverged run keeps its last good
 checkpoint.
@@ -55,6 +57,11 @@ def settings_hash(cfg, keys: tuple[str, ...]) -> str:
     node = {key: plain.get(key) for key in keys}
     if isinstance(node.get("backend"), dict):
         node["backend"] = {"name": node["backend"]["name"]}
+    # The split defines the trajectory too; left out when IID so hashes written before
+    # partitions existed still match.
+    partition = plain.get("partition")
+    if partition and not str(partition.get("_target_", "")).endswith(".iid"):
+        node["partition"] = partition
     text = OmegaConf.to_yaml(OmegaConf.create(node))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -122,8 +129,11 @@ def write_checkpoint(
     step: int,
     seed: int,
     digest: str,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    if not (np.isfinite(params).all() and np.isfinite(opt_state).all()):
+    extra = extra or {}
+    arrays = [params, opt_state, *extra.values()]
+    if not all(np.isfinite(a).all() for a in arrays):
         raise DivergenceError(
             f"parameters are not finite at step {step}; kept the last good checkpoint "
             f"{path}; try a smaller optimizer.lr"
@@ -137,15 +147,20 @@ def write_checkpoint(
         step=np.int64(step),
         seed=np.int64(seed),
         config_hash=np.str_(digest),
+        **{f"extra_{name}": value for name, value in extra.items()},
     )
 
 
 _CHECKPOINT_KEYS = ("params", "opt_state", "step", "seed", "config_hash")
 
 
-def read_checkpoint(path: str | Path, digest: str, params_shape=None, state_shape=None) -> dict:
+def read_checkpoint(
+    path: str | Path, digest: str, params_shape=None, state_shape=None, extra_shapes=None
+) -> dict:
     """The checkpoint at ``path``, every field checked; any problem is one ConfigError
-    line. Shapes are checked when given (the run's model may not be built yet)."""
+    line. Shapes are checked when given (the run's model may not be built yet);
+    ``extra_shapes`` (name -> shape) are the other arena arrays the run keeps (a
+    combiner's round state), which the file must hold with those shapes."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"resume={path}: no such checkpoint")
@@ -156,7 +171,8 @@ def read_checkpoint(path: str | Path, digest: str, params_shape=None, state_shap
                 raise ConfigError(
                     f"resume={path}: not a readable checkpoint (missing {', '.join(missing)})"
                 )
-            state = {key: data[key] for key in _CHECKPOINT_KEYS}
+            kept = [key for key in data.files if key.startswith("extra_")]
+            state = {key: data[key] for key in (*_CHECKPOINT_KEYS, *kept)}
     except ConfigError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as exc:
@@ -186,4 +202,10 @@ def read_checkpoint(path: str | Path, digest: str, params_shape=None, state_shap
         params.shape != tuple(params_shape) or opt_state.shape != tuple(state_shape)
     ):
         raise ConfigError(f"resume={path}: the checkpoint's shapes do not match this model")
-    return {"params": params, "opt_state": opt_state, "step": int(step)}
+    extra = {
+        key[len("extra_") :]: value for key, value in state.items() if key.startswith("extra_")
+    }
+    for name, shape in (extra_shapes or {}).items():
+        if name not in extra or extra[name].shape != tuple(shape):
+            raise ConfigError(f"resume={path}: the checkpoint lacks this combiner's {name}")
+    return {"params": params, "opt_state": opt_state, "step": int(step), "extra": extra}

@@ -105,6 +105,11 @@ class FastdistConfig:
     # accuracy (greedy soup). 0 = none; such a combiner then takes 0.1 and says so.
     validation_fraction: float = 0.0
     diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
+    # Periodic evaluation (the model after the first sync at or past every eval_every
+    # steps, scored after training; see fastdist.run.accounting) and the accuracy whose
+    # first crossing metrics.json reports as time-to-accuracy.
+    eval_every: int | None = None
+    target_accuracy: float | None = None
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
@@ -132,6 +137,7 @@ class FastdistConfig:
     model: Any = MISSING
     optimizer: Any = MISSING
     schedule: Any = MISSING  # the learning-rate schedule (conf/schedule/)
+    partition: Any = MISSING  # how the training rows are split across workers
 
 
 def _schema_type(annotation: Any) -> Any:
@@ -243,6 +249,8 @@ def validate(cfg) -> None:
         timeout is None or float(timeout) > 0,
         f"worker_timeout must be > 0 seconds or null, got {timeout}",
     )
+    every = cfg.eval_every
+    need(every is None or int(every) >= 1, f"eval_every must be >= 1 or null, got {every}")
     check_dataset_config(cfg.dataset)
     reference = cfg.combiner.get("reference") if hasattr(cfg.combiner, "get") else None
     need(

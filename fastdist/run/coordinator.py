@@ -24,6 +24,7 @@ from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.optim.schedules import LearningRate, lr_scale
+from fastdist.run.accounting import eval_arrays, run_accounting
 from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
@@ -32,6 +33,7 @@ from fastdist.run.pool_cache import reuse_requested
 from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.records import build_combiner, build_model, build_optimizer, build_schedule
+from fastdist.run.rounds import ROUND_STATE, check_rounds, round_arrays
 from fastdist.run.supervision import check_failure_policy, supervise
 from fastdist.run.watch import history_plan, watch
 from fastdist.run.worker import WorkerSpec
@@ -80,6 +82,7 @@ def train(cfg) -> RunResult:
     fraction = held_out_fraction(cfg, combiner)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
+    check_rounds(combiner, optimizer, enum_value(cfg.dist))
     place = Placement.of(comm, int(cfg.workers))
     # Everything that can be checked before start-up is: the checkpoint's file and
     # the file to resume from (its shapes once the model is known), the memory.
@@ -95,7 +98,8 @@ def train(cfg) -> RunResult:
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
     if combiner.check_model is not None:
         combiner.check_model(model)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
+    smallest = min(hi - lo for lo, hi in data.shards)
+    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
     # One pure function of the global step: every worker computes the same rate.
     scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
     rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
@@ -106,6 +110,9 @@ def train(cfg) -> RunResult:
     arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
     if eval_every:  # run/history.py: the rows as they stood at an evaluation step
         arrays["snapshots"] = arrays["params"]
+    arrays.update(round_arrays(combiner, place.workers, model.layout.size))
+    sync_eval_every = None if cfg.eval_every is None else int(cfg.eval_every)
+    arrays.update(eval_arrays(sync_eval_every, total_steps, model.layout.size, combiner.sync))
     check_memory_plan(arena_bytes(arrays), what="this run's arena")
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
@@ -131,6 +138,7 @@ def train(cfg) -> RunResult:
             hierarchical=comm is not None,
             rank_offset=place.first_worker,
             history_every=history_every,
+            sync_eval_every=sync_eval_every,
             eval_every=eval_every,
         )
         _announce(combiner, data.dataset.name, place, spec)
@@ -181,6 +189,7 @@ def train(cfg) -> RunResult:
             int(cfg.seed),
             bool(cfg.diagnostics),
         )
+        metrics.update(run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done))
         data.x_train = data.y_train = None  # drop the views before the arena closes
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
     metrics.update(
@@ -303,6 +312,8 @@ def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement)
     for row in range(arena["params"].shape[0]):
         worker = place.first_worker + row
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
+    if "anchor" in arena:  # local-update rounds: the server model starts where all do
+        arena["anchor"][:] = arena["params"][0]
 
 
 def _plan_data_memory(cfg) -> None:
@@ -330,6 +341,11 @@ def _resume(cfg, arena, state: dict | None, total_steps: int) -> int:
         arena["opt_state"].shape,
     ):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint's shapes do not match this model")
+    for name in (name for name in ROUND_STATE if name in arena):
+        kept = state["extra"].get(name)
+        if kept is None or kept.shape != arena[name].shape:
+            raise ConfigError(f"resume={cfg.resume}: the checkpoint lacks this combiner's {name}")
+        arena[name][:] = kept
     arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
     if state["step"] >= total_steps:
         raise ConfigError(

@@ -1,8 +1,10 @@
 """Step 1 of the recipe: the data as the workers will see it, and the run's shape.
 
 The training set is shuffled once by the seed; the validation split (for combiners
-that select on held-out data) is its head; the shards are equal contiguous slices of
-the rest. ``fastdist-combine`` calls the same function to rebuild a saved run's split.
+that select on held-out data) is its head; the ``partition`` record splits the rest
+(IID: equal contiguous slices; label or quantity skew: uneven shards, rows reordered so
+each shard is contiguous). ``fastdist-combine`` calls the same function to rebuild a
+saved run's split.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ _DEFAULT_VALIDATION = 0.1
 @dataclass
 class PreparedData:
     """The training set as the workers see it: shuffled once by the seed, minus the
-    validation split, cut into equal contiguous shards."""
+    validation split, cut into contiguous shards (equal under ``partition=iid``)."""
 
     dataset: Dataset
     x_train: np.ndarray
     y_train: np.ndarray
-    validation: tuple[np.ndarray, np.ndarray] | None
     shards: list[tuple[int, int]]
+    validation: tuple[np.ndarray, np.ndarray] | None = None
 
     def shard_arrays(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         return tuple((self.x_train[lo:hi], self.y_train[lo:hi]) for lo, hi in self.shards)
@@ -66,17 +68,45 @@ def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
     # training rows have moved into shared memory.
     validation = (x[:n_val].copy(), y[:n_val].copy()) if n_val else None
     x, y = x[n_val:], y[n_val:]
-    return PreparedData(dataset, x, y, validation, shard_bounds(len(y), workers))
+    return PreparedData(dataset, *_partition(cfg, x, y, workers), validation=validation)
 
 
-def plan_steps(cfg, n_train: int, workers: int) -> tuple[int, int]:
-    """(batch, total steps), once the data are known: a batch must fit in a shard."""
+def _partition(cfg, x, y, workers: int):
+    """(x, y, shards) with each worker's rows contiguous: ``[lo, hi)`` per worker."""
+    from fastdist.data.partitions import IID
+    from fastdist.run.records import build_partition
+
+    partition = build_partition(cfg.get("partition"))
+    if isinstance(partition, IID):  # no reordering: the historical split, bit for bit
+        return x, y, shard_bounds(len(y), workers)
+    parts = partition.split(y, workers, int(cfg.seed))
+    order = np.concatenate(parts)
+    ends = np.cumsum([len(p) for p in parts]).tolist()
+    shards = list(zip([0, *ends[:-1]], ends))
+    return x[order], y[order], shards
+
+
+def plan_steps(
+    cfg, n_train: int, workers: int, smallest_shard: int | None = None
+) -> tuple[int, int]:
+    """(batch, total steps), once the data are known: a batch must fit in every shard.
+
+    A step is one batch on every worker. An epoch is ``(n_train // workers) // batch``
+    steps: the workers together see as many rows as the training set holds (with equal
+    shards, one pass over each shard; with uneven shards, small shards are visited
+    more often than large ones, each in its own reshuffled order).
+    """
     batch = int(cfg.batch_size)
     shard = n_train // workers
     if batch > shard:
         raise ConfigError(
             f"batch_size={batch} is larger than a shard ({shard} rows = "
             f"{n_train} training rows / {workers} workers)"
+        )
+    if smallest_shard is not None and batch > smallest_shard:
+        raise ConfigError(
+            f"batch_size={batch} is larger than the smallest shard ({smallest_shard} rows); "
+            "raise partition.min_size or lower batch_size"
         )
     if cfg.steps is not None:
         return batch, int(cfg.steps)

@@ -16,6 +16,7 @@ import importlib
 
 from fastdist.combiners.base import Combiner
 from fastdist.conf import registered
+from fastdist.data.partitions import Partition
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
@@ -26,6 +27,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_schedule",
+    "build_partition",
     "check_saved_overrides",
 ]
 
@@ -34,6 +36,7 @@ _RECORD_TYPES = {
     "model": Model,
     "optimizer": Optimizer,
     "schedule": Schedule,
+    "partition": Partition,
 }
 
 
@@ -88,6 +91,15 @@ def build_optimizer(node, trusted: bool = True) -> Optimizer:
 
 def build_schedule(node, trusted: bool = True) -> Schedule:
     return _build(node, "schedule", trusted)
+
+
+def build_partition(node, trusted: bool = True) -> Partition:
+    """The partition record (``iid`` when the config predates the partition group)."""
+    if node is None:
+        from fastdist.data.partitions import iid
+
+        return iid()
+    return _build(node, "partition", trusted)
 
 
 def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:

@@ -20,6 +20,7 @@ from fastdist.errors import ConfigError, WorkerError
 from fastdist.run.checkpoint import read_checkpoint
 from fastdist.run.distributed import NodeCoordinator
 from fastdist.run.pool_cache import job_pool
+from fastdist.run.rounds import ROUND_STATE
 from fastdist.run.worker import WorkerSpec, train_worker
 
 __all__ = ["check_failure_policy", "supervise"]
@@ -58,7 +59,13 @@ def supervise(
     moves when workers are respawned from a checkpoint) and the failure events.
     """
     workers = len(spec.shards)
-    initial = (arena["params"].copy(), arena["opt_state"].copy(), spec.start_step)
+    kept = [name for name in ROUND_STATE if name in arena]  # a combiner's own state
+    initial = (
+        arena["params"].copy(),
+        arena["opt_state"].copy(),
+        spec.start_step,
+        {name: arena[name].copy() for name in kept},
+    )
     failures: list[dict] = []
     while True:
         reuse_now = reuse and not comm  # dist=mpi: one-shot pools
@@ -107,11 +114,16 @@ def supervise(
 def _restore(arena, checkpoint_path: str | None, digest: str, initial: tuple) -> int:
     """Put the last checkpoint (or the run's starting state) back into the arena."""
     if checkpoint_path and os.path.exists(checkpoint_path):
+        extra = {name: arena[name].shape for name in initial[3]}
         state = read_checkpoint(
-            checkpoint_path, digest, arena["params"].shape, arena["opt_state"].shape
+            checkpoint_path, digest, arena["params"].shape, arena["opt_state"].shape, extra
         )
         arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
+        for name, value in state["extra"].items():
+            arena[name][:] = value
         return state["step"]
-    params, opt_state, step = initial
+    params, opt_state, step, extra = initial
     arena["params"][:], arena["opt_state"][:] = params, opt_state
+    for name, value in extra.items():
+        arena[name][:] = value
     return step

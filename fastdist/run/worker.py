@@ -25,7 +25,9 @@ from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.optim.clipping import GlobalNormClip
 from fastdist.optim.schedules import LearningRate
+from fastdist.run.accounting import Snapshots
 from fastdist.run.history import StepReporter
+from fastdist.run.rounds import ROUND_STATE, LocalRounds
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
 
@@ -59,6 +61,10 @@ class WorkerSpec:
     eval_every: int = 0
     # The rate of each global step (schedule x lr_scaling); None: optimizer.lr throughout.
     rates: LearningRate | None = None
+    # Periodic evaluation of federated/synced runs (fastdist.run.accounting): worker 0
+    # copies the model into the arena after the first sync at or past every
+    # ``sync_eval_every`` steps; the coordinator scores the copies after training.
+    sync_eval_every: int | None = None
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -96,6 +102,17 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     # The part of the vector this worker reduces and updates at every sync point.
     my_lo, my_hi = slice_bounds(params.shape[0], n_workers, rank)
     node = _NodeSync(arena, rank) if spec.hierarchical else None
+    rounds = None
+    if schedule.rounds is not None:  # local-update rounds with an outer optimizer
+        rounds = LocalRounds(
+            arena, schedule.rounds, rank=rank, n_workers=n_workers, seed=spec.seed,
+            total_steps=spec.total_steps, shards=spec.shards,
+        )  # fmt: skip
+    snapshots = (
+        Snapshots(arena, spec.sync_eval_every, rounds, spec.start_step) if rank == 0 else None
+    )
+    round_state = {name: arena[name] for name in ROUND_STATE if name in arena}
+    sync_seconds, computed = 0.0, 0  # time between a sync's barriers; batches computed
     # Steps done, readable by the coordinator even if this process dies.
     progress = arena["progress"][rank]
     fault = fault_plan()  # None except in fault-injection tests
@@ -130,16 +147,31 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 break
             if fault is not None:
                 fault.maybe_fire(rank, step)
-            idx = order[b * batch : (b + 1) * batch]
-            np.take(shard_x, idx, axis=0, out=xb, mode="clip")
-            np.take(shard_y, idx, out=yb, mode="clip")
-            loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
+            trains = rounds is None or rounds.trains(step)  # partial participation idles
+            loss, n_right = 0.0, 0
+            if trains:
+                idx = order[b * batch : (b + 1) * batch]
+                np.take(shard_x, idx, axis=0, out=xb, mode="clip")
+                np.take(shard_y, idx, out=yb, mode="clip")
+                loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
+                computed += 1
             if not math.isfinite(loss):
                 raise DivergenceError(
                     f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
                 )
             lr = opt.lr if spec.rates is None else spec.rates(step)
-            if schedule.exchange is Sync.GRADIENTS:
+            synced = time.perf_counter()
+            if rounds is not None:
+                if trains:
+                    rounds.correct(grad, params)  # FedProx / SCAFFOLD terms
+                    scale = 1.0 if clip is None else clip.scale_for_own(grad)
+                    opt.update(
+                        params, state, grad, 0, params.shape[0], step, lr=lr, grad_scale=scale
+                    )
+                synced = time.perf_counter()
+                if rounds.sync_at(step):
+                    rounds.sync(ctx.barrier, step, param_rows, state_rows)
+            elif schedule.exchange is Sync.GRADIENTS:
                 # Sync point 1: every gradient slot is written. Worker k then averages
                 # slice k of all slots and updates slice k of the shared parameters
                 # (reduce-scatter fused with a sharded optimizer step). Clipping first
@@ -166,6 +198,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 # the shared vector written without a lock while others read it.
                 scale = 1.0 if clip is None else clip.scale_for_own(grad)
                 opt.update(params, state, grad, 0, params.shape[0], step, lr=lr, grad_scale=scale)
+                synced = time.perf_counter()
                 if schedule.sync_at(step):
                     ctx.barrier.wait()  # all rows hold their local step's result
                     averaged = [param_rows]
@@ -177,17 +210,21 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                     else:
                         node.average_rows(averaged, my_lo, my_hi)
                     ctx.barrier.wait()  # every row holds the average
+            if schedule.exchange is not Sync.NONE:
+                sync_seconds += time.perf_counter() - synced
+            if snapshots is not None:
+                snapshots.maybe_take(step, schedule, param_rows, start)
             if first_step_done is None:
                 first_step_done = time.monotonic()
             loss_sum += loss * batch
             correct += n_right
-            seen += batch
+            seen += batch if trains else 0
             step += 1
             progress[0] = step
             ctx.heartbeat(step)  # liveness: the coordinator notices a frozen worker
             reporter.after_step(step, loss, batch)
             if spec.checkpoint_every and step % spec.checkpoint_every == 0:
-                _checkpoint(ctx, spec, param_rows, state_rows, step)
+                _checkpoint(ctx, spec, param_rows, state_rows, step, round_state)
         first_batch = 0
         ctx.send(
             "epoch",
@@ -207,24 +244,28 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             "end": time.monotonic(),
             "first_step_done": first_step_done,
             "steps": step - spec.start_step,
-            "samples": (step - spec.start_step) * batch,
+            "samples": computed * batch,
+            "sync_seconds": sync_seconds,
             # JIT backends: compilations after the warm-up call (should stay 0)
             "recompilations": getattr(kernel, "compile_count", 0) - compiled,
         },
     )
 
 
-def _checkpoint(ctx, spec: WorkerSpec, param_rows, state_rows, step: int) -> None:
+def _checkpoint(ctx, spec: WorkerSpec, param_rows, state_rows, step: int, round_state) -> None:
     """Every worker stops at the same step; worker 0 snapshots all rows, then writes
     them while the others go on (they only change rows after the second barrier)."""
     ctx.barrier.wait()  # every row holds the state after ``step`` steps
     if ctx.rank == 0:
         params, opt_state = param_rows.copy(), state_rows.copy()
+        extra = {name: rows.copy() for name, rows in round_state.items()}
     ctx.barrier.wait()  # snapshot taken
     if ctx.rank == 0:
         from fastdist.run.checkpoint import write_checkpoint
 
-        write_checkpoint(spec.checkpoint_path, params, opt_state, step, spec.seed, spec.config_hash)
+        write_checkpoint(
+            spec.checkpoint_path, params, opt_state, step, spec.seed, spec.config_hash, extra
+        )
 
 
 class _NodeSync:
