@@ -1,7 +1,9 @@
 """Datasets as float32 feature matrices with int32 labels, and their sharding.
 
-Loaders return a :class:`Dataset` held in the coordinator's memory only long enough to
-copy it once into the shared arena; workers then read their shard as a view.
+Loaders return a :class:`Dataset`. A loader marked ``in_place`` takes the run's
+:class:`~fastdist.data.shared.RowStore` and writes its rows straight into shared memory
+(or maps them from a file), so the training set exists once; the others return private
+arrays, which the run moves into the store once.
 """
 
 from __future__ import annotations
@@ -33,35 +35,49 @@ __all__ = [
 
 
 def make_synthetic(
-    n_samples: int, n_features: int, n_classes: int, seed: int, separation: float = 3.0
+    n_samples: int,
+    n_features: int,
+    n_classes: int,
+    seed: int,
+    separation: float = 3.0,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded Gaussian-mixture classification problem of any size.
 
     Each class has a random unit-variance centre at ``separation`` standard deviations
-    scale; rows are generated in chunks so gigabyte-sized sets do not need a float64 copy.
+    scale. Rows are drawn straight into ``out`` (a new array if None) in chunks, and
+    the centres added in small blocks, so a gigabyte-sized set needs no temporary
+    copy of itself; the values do not depend on ``out``.
     """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_classes, n_features)).astype(np.float32)
     centres *= separation / np.sqrt(n_features)
     y = rng.integers(0, n_classes, size=n_samples).astype(np.int32)
-    x = np.empty((n_samples, n_features), dtype=np.float32)
-    chunk = 65536
+    x = np.empty((n_samples, n_features), dtype=np.float32) if out is None else out
+    chunk, block = 65536, 4096
     for lo in range(0, n_samples, chunk):
         hi = min(lo + chunk, n_samples)
-        x[lo:hi] = rng.standard_normal((hi - lo, n_features), dtype=np.float32)
-        x[lo:hi] += centres[y[lo:hi]]
+        # Same draws, same stream position as standard_normal(size=...), written in place.
+        rng.standard_normal(dtype=np.float32, out=x[lo:hi])
+        for b in range(lo, hi, block):
+            x[b : min(b + block, hi)] += centres[y[b : min(b + block, hi)]]
     return x, y
 
 
-def _synthetic(cfg) -> Dataset:
+def _synthetic(cfg, store=None) -> Dataset:
     n_train, n_test = int(cfg.n_train), int(cfg.n_test)
     if n_train < 1 or n_test < 1:
         raise ConfigError(f"dataset sizes must be positive, got n_train={n_train} n_test={n_test}")
-    x, y = make_synthetic(n_train + n_test, int(cfg.n_features), int(cfg.n_classes), int(cfg.seed))
-    # The test split is copied out so that the big generated block can be freed once the
-    # training rows have moved into shared memory.
+    shape = (n_train + n_test, int(cfg.n_features))
+    out = None if store is None else store.empty(shape, np.float32)
+    x, y = make_synthetic(*shape, int(cfg.n_classes), int(cfg.seed), out=out)
+    # The test split is copied out (small): the coordinator evaluates on it after the
+    # shared training rows are gone.
     x_test, y_test = x[n_train:].copy(), y[n_train:].copy()
     return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes))
+
+
+_synthetic.in_place = True
 
 
 def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
@@ -161,10 +177,13 @@ def check_dataset_config(cfg) -> None:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
 
 
-def load_dataset(cfg) -> Dataset:
-    """Load the dataset a ``dataset`` config node names."""
+def load_dataset(cfg, store=None) -> Dataset:
+    """Load the dataset a ``dataset`` config node names (in ``store`` if it can)."""
     check_dataset_config(cfg)
-    return DATASETS[str(cfg.name)][1](cfg)
+    loader = DATASETS[str(cfg.name)][1]
+    if store is not None and getattr(loader, "in_place", False):
+        return loader(cfg, store=store)
+    return loader(cfg)
 
 
 def shard_bounds(n_samples: int, n_shards: int) -> list[tuple[int, int]]:

@@ -7,7 +7,6 @@ workers, and evaluates the combined model once they are done.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from fastdist.run.checkpoint import config_hash, read_checkpoint
 from fastdist.run.combine import combine, describe_model, gather_training, run_metrics
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
-from fastdist.run.preparation import PreparedData, init_seed, plan_steps, prepare_data
+from fastdist.run.preparation import init_seed, plan_steps, prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.progress import EpochLog
 from fastdist.run.records import build_combiner, build_model, build_optimizer
@@ -63,23 +62,30 @@ def train(cfg) -> RunResult:
     place = Placement.of(comm, int(cfg.workers))
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
-    data = prepare_data(cfg, place.total_workers, fraction)
-    model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
-    if combiner.check_model is not None:
-        combiner.check_model(model)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers)
-    backend = enum_value(cfg.backend.name)
-    model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
-    rows, shards = place.node_rows(data.shards)
-    digest = config_hash(cfg)
-    every, checkpoint_path = checkpointing(cfg)
+    # The rows go straight into shared memory (or stay in their .npy files), shuffled
+    # by index; data.store owns them until the run ends.
+    data = prepare_data(cfg, place.total_workers, fraction, shared=True)
+    try:
+        model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
+        if combiner.check_model is not None:
+            combiner.check_model(model)
+        batch, total_steps = plan_steps(cfg, data.n_train, place.total_workers)
+        backend = enum_value(cfg.backend.name)
+        model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
+        rows, shards = place.node_rows(data.shards)
+        digest = config_hash(cfg)
+        every, checkpoint_path = checkpointing(cfg)
+    except BaseException:
+        data.release()
+        raise
 
-    # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
-    arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
-    with SharedArena.create(arrays) as arena:
-        _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
+    # 2. One shared-memory arena: parameters, optimizer state, gradients.
+    arrays = _arena_arrays(model, optimizer, combiner, place)
+    with data.store, SharedArena.create(arrays) as arena:
+        _fill_arena(arena, model, combiner, int(cfg.seed), place)
         spec = WorkerSpec(
             arena=arena.spec,
+            data=data.rows_spec(rows),
             model=model,
             backend=backend,
             schedule=combiner.schedule,
@@ -114,7 +120,7 @@ def train(cfg) -> RunResult:
         )
         trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
         if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
-            data.x_train = data.y_train = None
+            data.release()
             return RunResult({}, arena["params"].copy(), model, np.zeros(0), fraction)
         # 4-5. Combine and evaluate, inside the arena's lifetime: data-dependent
         # combiners read the shards from it.
@@ -127,7 +133,7 @@ def train(cfg) -> RunResult:
             int(cfg.seed),
             bool(cfg.diagnostics),
         )
-        data.x_train = data.y_train = None  # drop the views before the arena closes
+        data.release()  # drop the views and unlink the shared rows
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
     metrics.update(
         run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
@@ -191,8 +197,6 @@ def _announce(combiner: Combiner, dataset: str, place: Placement, spec: WorkerSp
 
 
 def _arena_arrays(
-    data: PreparedData,
-    rows: slice,
     model: Model,
     optimizer: Optimizer,
     combiner: Combiner,
@@ -204,8 +208,6 @@ def _arena_arrays(
     state_rows = 1 if combiner.shares_state else workers
     n_state = len(optimizer.state_names)
     arrays = {
-        "x_train": (data.x_train[rows].shape, np.float32),
-        "y_train": (data.y_train[rows].shape, np.int32),
         "params": ((param_rows, size), np.float32),
         # (state vector, row, P): a state vector's rows are contiguous, so averaging it
         # across workers is the same reduction as averaging the parameters.
@@ -220,21 +222,8 @@ def _arena_arrays(
     return arrays
 
 
-def _fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement) -> None:
-    """The training rows (written once; workers read their shard in place) and each
-    parameter row's initialisation."""
-    arena["x_train"][:] = data.x_train[rows]
-    arena["y_train"][:] = data.y_train[rows]
-    if not place.mpi:
-        # From here on the coordinator reads the training set from the arena too, and
-        # drops its private copies: the dataset is held once, not 1 + N times.
-        # (Fresh empty arrays: even a zero-length view would keep its base alive.)
-        data.x_train, data.y_train = arena["x_train"], arena["y_train"]
-        data.dataset = dataclasses.replace(
-            data.dataset,
-            x_train=np.empty((0, data.dataset.n_features), np.float32),
-            y_train=np.empty(0, np.int32),
-        )
+def _fill_arena(arena, model, combiner, seed: int, place: Placement) -> None:
+    """Each parameter row's initialisation (the training rows live in ``data.store``)."""
     for row in range(arena["params"].shape[0]):
         worker = place.first_worker + row
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])

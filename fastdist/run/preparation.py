@@ -3,10 +3,17 @@
 The training set is shuffled once by the seed; the validation split (for combiners
 that select on held-out data) is its head; the shards are equal contiguous slices of
 the rest. ``fastdist-combine`` calls the same function to rebuild a saved run's split.
+
+The shuffle is an index, never a copy of the data: ``rows`` lists the training rows in
+shuffled order and workers gather their minibatches through it. With ``shared=True``
+the loader writes straight into shared memory (or maps a file) held by a
+:class:`~fastdist.data.shared.RowStore`, so the dataset exists once, however many
+workers read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -15,6 +22,7 @@ import numpy as np
 from fastdist.combiners.base import Combiner
 from fastdist.data.base import Dataset
 from fastdist.data.datasets import load_dataset, shard_bounds
+from fastdist.data.shared import RowsSpec, RowStore
 from fastdist.errors import ConfigError
 
 __all__ = ["PreparedData", "prepare_data", "validation_fraction", "plan_steps", "init_seed"]
@@ -26,17 +34,54 @@ _DEFAULT_VALIDATION = 0.1
 
 @dataclass
 class PreparedData:
-    """The training set as the workers see it: shuffled once by the seed, minus the
-    validation split, cut into equal contiguous shards."""
+    """The training set as the workers see it: every loaded row once (``dataset``), the
+    shuffled order of the training rows minus the validation split (``rows``), and the
+    equal contiguous shards of that order."""
 
     dataset: Dataset
-    x_train: np.ndarray
-    y_train: np.ndarray
+    rows: np.ndarray
     validation: tuple[np.ndarray, np.ndarray] | None
     shards: list[tuple[int, int]]
+    store: RowStore = dataclasses.field(default_factory=lambda: RowStore(shared=False))
 
-    def shard_arrays(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        return tuple((self.x_train[lo:hi], self.y_train[lo:hi]) for lo, hi in self.shards)
+    @property
+    def n_train(self) -> int:
+        return len(self.rows)
+
+    def shard_arrays(self) -> tuple[_Shard, ...]:
+        """Each shard as ``(x, y)``, gathered only when a combiner unpacks it."""
+        return tuple(_Shard(self, lo, hi) for lo, hi in self.shards)
+
+    def rows_spec(self, part: slice = slice(None)) -> RowsSpec:
+        """What a worker opens (shared=True only): features, labels, and ``rows[part]``."""
+        ds = self.dataset
+        order = self.rows[part]
+        return RowsSpec(self.store.ref(ds.x_train), self.store.ref(ds.y_train), self.store.ref(order))
+
+    def release(self) -> None:
+        """Drop the views and unlink the shared rows (the run is over)."""
+        empty = np.empty((0, self.dataset.n_features), np.float32)
+        self.dataset = dataclasses.replace(self.dataset, x_train=empty, y_train=np.empty(0, np.int32))
+        self.rows = np.empty(0, np.int64)
+        self.store.close()
+
+
+class _Shard:
+    """``x, y = shard``: one shard's rows, gathered in shuffled order when unpacked."""
+
+    def __init__(self, data: PreparedData, lo: int, hi: int) -> None:
+        self._data, self._lo, self._hi = data, lo, hi
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        index = self._data.rows[self._lo : self._hi]
+        yield self._data.dataset.x_train[index]
+        yield self._data.dataset.y_train[index]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return tuple(self)[k]
 
 
 def validation_fraction(cfg, combiner: Combiner) -> float:
@@ -53,20 +98,30 @@ def validation_fraction(cfg, combiner: Combiner) -> float:
     return fraction
 
 
-def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
-    dataset = load_dataset(cfg.dataset)
-    # Shuffle once, by the seed; the validation split is the head of the shuffled set,
-    # shards are contiguous slices of the rest.
-    order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
-    n_val = int(round(len(order) * fraction))
-    if fraction > 0 and n_val == 0:
-        raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
-    x, y = dataset.x_train[order], dataset.y_train[order]
-    # Copies, not views: a view would keep the whole shuffled block alive after the
-    # training rows have moved into shared memory.
-    validation = (x[:n_val].copy(), y[:n_val].copy()) if n_val else None
-    x, y = x[n_val:], y[n_val:]
-    return PreparedData(dataset, x, y, validation, shard_bounds(len(y), workers))
+def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> PreparedData:
+    """Load, shuffle (by index) and shard; ``shared=True`` puts the rows in shared memory
+    for workers (close ``data.store``, or call ``release()``, when done)."""
+    store = RowStore(shared)
+    try:
+        dataset = load_dataset(cfg.dataset, store)
+        # Shuffle once, by the seed; the validation split is the head of the shuffled
+        # order, shards are contiguous slices of the rest.
+        order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
+        n_val = int(round(len(order) * fraction))
+        if fraction > 0 and n_val == 0:
+            raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
+        head = order[:n_val]
+        validation = (dataset.x_train[head], dataset.y_train[head]) if n_val else None
+        # A loader that returned private arrays: moved into the store once (a no-op for
+        # rows generated in place or memory-mapped).
+        x, y = store.share(dataset.x_train), store.share(dataset.y_train)
+        dataset = dataclasses.replace(dataset, x_train=x, y_train=y)
+        rows = store.empty((len(order) - n_val,), np.int64)
+        rows[:] = order[n_val:]
+    except BaseException:
+        store.close()
+        raise
+    return PreparedData(dataset, rows, validation, shard_bounds(len(rows), workers), store)
 
 
 def plan_steps(cfg, n_train: int, workers: int) -> tuple[int, int]:

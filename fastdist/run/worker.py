@@ -19,6 +19,7 @@ from fastdist.combiners.base import Sync, SyncSchedule
 from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
 from fastdist.engine.barrier import SpinBarrier
 from fastdist.engine.faults import fault_plan
+from fastdist.data.shared import RowsSpec, open_rows
 from fastdist.engine.shm import ArenaSpec, SharedArena
 from fastdist.errors import DivergenceError
 from fastdist.models.base import Model
@@ -32,6 +33,7 @@ class WorkerSpec:
     """Picklable description of the job, identical for every worker."""
 
     arena: ArenaSpec
+    data: RowsSpec  # training features/labels and their shuffled order (shared, read-only)
     model: Model
     backend: str
     schedule: SyncSchedule
@@ -63,19 +65,21 @@ def train_worker(ctx, spec: WorkerSpec) -> None:
     apply_in_worker(spec.threads)
     arena = SharedArena.attach(spec.arena)
     try:
-        _train(ctx, spec, arena, blas_thread_counts)
+        with open_rows(spec.data) as rows:
+            _train(ctx, spec, arena, rows, blas_thread_counts)
     finally:
         arena.close()
 
 
-def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> None:
+def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) -> None:
     rank, n_workers = ctx.rank, ctx.n_workers
     model, schedule, opt = spec.model, spec.schedule, spec.optimizer
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
-    x_all, y_all = arena["x_train"], arena["y_train"]
+    # The shard is an index into rows stored once (shuffled by index, never copied).
+    x_all, y_all, order_all = rows
     lo, hi = spec.shards[rank]
-    shard_x, shard_y = x_all[lo:hi], y_all[lo:hi]  # views: the shard is never copied
+    shard_rows = order_all[lo:hi]
     steps_per_epoch = (hi - lo) // batch
 
     # opt_state is (state vectors, rows, P): each state vector's rows are contiguous, so
@@ -98,7 +102,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     # Compile (or load from Numba's cache) before the clock starts, on a scratch
     # gradient so the shared slot stays untouched.
     scratch = np.empty_like(grad)
-    kernel.loss_and_grad(params, shard_x[:batch], shard_y[:batch], scratch)
+    first = shard_rows[:batch]
+    kernel.loss_and_grad(params, x_all[first], y_all[first], scratch)
     del scratch
     compiled = getattr(kernel, "compile_count", 0)
     ctx.send("ready", {"threads": blas_thread_counts(), "cpus": sorted(os.sched_getaffinity(0))})
@@ -117,9 +122,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
                 break
             if fault is not None:
                 fault.maybe_fire(rank, step)
-            idx = order[b * batch : (b + 1) * batch]
-            np.take(shard_x, idx, axis=0, out=xb, mode="clip")
-            np.take(shard_y, idx, out=yb, mode="clip")
+            idx = shard_rows[order[b * batch : (b + 1) * batch]]
+            np.take(x_all, idx, axis=0, out=xb, mode="clip")
+            np.take(y_all, idx, out=yb, mode="clip")
             loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
             if not math.isfinite(loss):
                 raise DivergenceError(
