@@ -15,6 +15,7 @@ import numpy as np
 
 from fastdist.data.base import Dataset, standardize
 from fastdist.data.files import load_idx_or_npz, load_mnist1d
+from fastdist.data.npy_files import NpyConfig, load_npy
 from fastdist.errors import ConfigError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FashionMnistConfig",
     "Mnist1dConfig",
     "MnistConfig",
+    "NpyConfig",
     "SyntheticConfig",
     "check_dataset_config",
     "load_dataset",
@@ -160,6 +162,7 @@ DATASETS: dict[str, tuple[type, Callable]] = {
     "mnist1d": (Mnist1dConfig, load_mnist1d),
     "mnist": (MnistConfig, _local_files("mnist")),
     "fashion_mnist": (FashionMnistConfig, _local_files("fashion_mnist")),
+    "npy": (NpyConfig, load_npy),
 }
 
 
@@ -171,7 +174,7 @@ def check_dataset_config(cfg) -> None:
     minimum = {"n_train": 1, "n_test": 1, "n_features": 1, "n_classes": 2, "seed": 0}
     minimum["split_seed"] = 0
     for key, low in minimum.items():
-        if key in cfg and int(cfg[key]) < low:
+        if key in cfg and cfg[key] is not None and int(cfg[key]) < low:
             raise ConfigError(f"dataset.{key} must be >= {low}, got {cfg[key]}")
     if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
