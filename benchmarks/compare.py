@@ -1,16 +1,21 @@
-"""``python -m benchmarks.compare``: fastdist against its peers on workload W1, side by side.
+"""``python -m benchmarks.compare``: fastdist against its peers on W1 and W2, side by side.
 
 Every contender runs in a fresh process (no library state or thread pool carries over),
 rounds are interleaved (A B C ... A B C ...) after warm-up steps, and the median of the
 rounds is reported. The GEMM peak that "% of peak" refers to is measured in the same
-run. Peers live in the source tree (``benchmarks/peers``), so run it from a checkout:
+run, and the JSON records the machine (CPU model and SIMD flags, cores, BLAS and its
+thread pools, library versions, commit, date: see ``benchmarks.machine``). Progress goes
+to stderr as it runs. Peers live in the source tree (``benchmarks/peers``), so run it
+from a checkout:
 
-    python -m benchmarks.compare --json bench.json --plot scaling.png
+    python -m benchmarks.compare --memory --json docs/bench.json --plot docs/scaling.png
+    python -m benchmarks.report docs/bench.json --readme README.md
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -23,7 +28,16 @@ from pathlib import Path
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (benchmarks/ lives here)
-W1_SIZES = (784, 1024, 1024, 10)
+# Workload -> (layer sizes, batch per worker): the experiment presets of the same name.
+WORKLOADS = {"w1": ((784, 1024, 1024, 10), 256), "w2": ((64, 256, 256, 10), 64)}
+W1_SIZES = WORKLOADS["w1"][0]
+
+
+def say(message: str) -> None:
+    """Progress, on stderr (stdout carries the tables)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 _PIN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -81,16 +95,17 @@ def gemm_peak() -> dict:
     }
 
 
-def _fastdist_w1(workers: int, steps: int) -> dict:
+def _fastdist(workload: str, workers: int, steps: int, backend: str = "numba") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "fastdist",
-                "experiment=w1",
+                f"experiment={workload}",
                 f"workers={workers}",
                 f"steps={steps}",
+                f"backend={backend}",
                 "diagnostics=false",
                 f"hydra.run.dir={tmp}",
             ],
@@ -108,7 +123,8 @@ def _fastdist_w1(workers: int, steps: int) -> dict:
     }
 
 
-def _peer(name: str, workers: int, steps: int, warmup: int) -> dict:
+def _peer(name: str, workload: str, workers: int, steps: int, warmup: int) -> dict:
+    sizes, batch = WORKLOADS[workload]
     return _python(
         [
             "-m",
@@ -119,40 +135,96 @@ def _peer(name: str, workers: int, steps: int, warmup: int) -> dict:
             str(warmup),
             "--workers",
             str(workers),
+            "--batch",
+            str(batch),
+            "--sizes",
+            ",".join(map(str, sizes)),
         ]
     )
 
 
-def contenders(steps: int, warmup: int, peers: bool) -> list[tuple[str, int, object]]:
+PEER_LABELS = {
+    "torch_ddp": "PyTorch DDP gloo, 1 thread/process",
+    "torch_single": "PyTorch 1 process, 1 thread",
+    "jax_single": "JAX 1 process, all cores (batch x workers)",
+    "naive_pool": "naive pool: pickled weights/grads",
+}
+# Which worker counts each contender runs per workload (W2 is the sync-bound one: 2).
+_COUNTS = {
+    "w1": {"numba": (1, 2), "jax": (2,), "torch_ddp": (1, 2), "torch_single": (1,)},
+    "w2": {"numba": (2,), "jax": (), "torch_ddp": (2,), "torch_single": ()},
+}
+_COUNTS["w1"].update(jax_single=(1, 2), naive_pool=(1, 2))
+_COUNTS["w2"].update(jax_single=(2,), naive_pool=(2,))
+
+
+def contenders(
+    workload: str, steps: int, warmup: int, peers: bool, jax: bool = True
+) -> list[tuple[str, int, object]]:
     """(label, workers, thunk) of everything to time; peers only where installed."""
+    counts = _COUNTS[workload]
     runs = [
-        ("fastdist grad_avg (numba)", 1, lambda: _fastdist_w1(1, steps)),
-        ("fastdist grad_avg (numba)", 2, lambda: _fastdist_w1(2, steps)),
+        ("fastdist grad_avg (numba)", w, lambda w=w: _fastdist(workload, w, steps))
+        for w in counts["numba"]
     ]
+    if jax and importlib.util.find_spec("jax") is not None:
+        runs += [
+            ("fastdist grad_avg (jax)", w, lambda w=w: _fastdist(workload, w, steps, "jax"))
+            for w in counts["jax"]
+        ]
     if not peers:
         return runs
     sys.path.insert(0, str(ROOT))
     from benchmarks.peers import available_peers
 
     available = available_peers()
-    labels = {
-        "torch_ddp": ("PyTorch DDP gloo, 1 thread/process", (1, 2)),
-        "torch_single": ("PyTorch 1 process, 1 thread", (1,)),
-        "jax_single": ("JAX 1 process, all cores (batch 256 x workers)", (1, 2)),
-        "naive_pool": ("naive pool: pickled weights/grads", (1, 2)),
-    }
-    for name, (label, worker_counts) in labels.items():
+    for name, label in PEER_LABELS.items():
         if name in available:
-            for w in worker_counts:
-                runs.append((label, w, lambda n=name, w=w: _peer(n, w, steps, warmup)))
+            for w in counts[name]:
+                runs.append((label, w, lambda n=name, w=w: _peer(n, workload, w, steps, warmup)))
     return runs
+
+
+def training(workload: str, args) -> list[dict]:
+    """Interleaved rounds of every contender on ``workload``; medians and ratios."""
+    sizes, _ = WORKLOADS[workload]
+    from fastdist.models.mlp import MLP
+
+    flops = MLP(sizes).flops_per_sample()
+    steps = args.steps if workload == "w1" else args.w2_steps
+    runs = contenders(workload, steps, args.warmup, peers=not args.no_peers, jax=not args.no_jax)
+    samples: dict[int, list[dict]] = {i: [] for i in range(len(runs))}
+    for r in range(args.rounds):
+        for i, (name, workers, thunk) in enumerate(runs):
+            say(f"{workload.upper()} round {r + 1}/{args.rounds}: {name}, {workers} worker(s)")
+            samples[i].append(thunk())
+            say(f"    {samples[i][-1]['samples_per_second']:,.0f} samples/s")
+    rows = []
+    for i, (name, workers, _) in enumerate(runs):
+        rate = statistics.median(s["samples_per_second"] for s in samples[i])
+        row = {
+            "workload": workload,
+            "name": name,
+            "workers": workers,
+            "samples_per_second": rate,
+            "rounds": [s["samples_per_second"] for s in samples[i]],
+            "gflops": rate * flops / 1e9,
+        }
+        if "startup_seconds" in samples[i][0]:
+            row["startup_seconds"] = statistics.median(s["startup_seconds"] for s in samples[i])
+        rows.append(row)
+    ours = next(r for r in rows if r["name"].startswith("fastdist") and r["workers"] == 2)
+    for row in rows:
+        row["fastdist_2w_speedup"] = ours["samples_per_second"] / row["samples_per_second"]
+    return rows
 
 
 def allreduce(rounds: int, peers: bool) -> list[dict]:
     rows = []
     for n_floats in (1_000_000, 10_000_000):
         samples: dict[str, list[float]] = {}
-        for _ in range(rounds):
+        for r in range(rounds):
+            say(f"allreduce of {n_floats:,} floats, round {r + 1}/{rounds}")
             ours = _python(["-m", "benchmarks.fastdist_allreduce", "--n-floats", str(n_floats)])
             samples.setdefault("fastdist shared memory", []).append(ours["median_seconds"])
             if peers:
@@ -228,6 +300,7 @@ def memory(gigabytes: float = 1.0) -> list[dict]:
     rows = []
     n_rows = int(gigabytes * 2**30 / (784 * 4))
     for workers in (1, 2):
+        say(f"memory: {gigabytes:.0f} GB dataset, {workers} worker(s), sampling PSS every 0.2 s")
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.Popen(
                 [
@@ -246,19 +319,22 @@ def memory(gigabytes: float = 1.0) -> list[dict]:
                 env=_env(None),
                 cwd=ROOT,
             )
-            peak = training_peak = 0
+            peak = training_peak = preparing_peak = 0
             while proc.poll() is None:
                 tree = _tree(proc.pid)
                 total = sum(_pss_kb(p) for p in tree)
                 peak = max(peak, total)
                 if sum(1 for p in tree if _is_worker(p)) == workers:
                     training_peak = max(training_peak, total)
+                elif len(tree) == 1:  # no child yet: the coordinator preparing the data
+                    preparing_peak = max(preparing_peak, total)
                 time.sleep(0.2)
         rows.append(
             {
                 "workers": workers,
                 "dataset_gb": n_rows * 784 * 4 / 2**30,
                 "peak_pss_gb": peak / 2**20,
+                "preparing_pss_gb": preparing_peak / 2**20,
                 "training_pss_gb": training_peak / 2**20,
             }
         )
@@ -273,7 +349,7 @@ def _plot(results: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     by_label: dict[str, list[tuple[int, float]]] = {}
-    for row in results["training"]:
+    for row in (r for r in results["training"] if r.get("workload", "w1") == "w1"):
         by_label.setdefault(row["name"], []).append((row["workers"], row["samples_per_second"]))
     for label, points in by_label.items():
         points.sort()
@@ -292,84 +368,42 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=40, help="timed W1 steps per run")
+    parser.add_argument("--w2-steps", type=int, default=400, help="timed W2 steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (peers)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--workloads", default="w1,w2", help="comma-separated: w1,w2")
     parser.add_argument("--no-peers", action="store_true", help="time fastdist only")
+    parser.add_argument("--no-jax", action="store_true", help="skip fastdist backend=jax")
+    parser.add_argument("--no-allreduce", action="store_true", help="skip the allreduce table")
     parser.add_argument("--memory", action="store_true", help="also measure PSS on 1 GB")
     parser.add_argument("--json", help="write every number to this file")
     parser.add_argument("--plot", help="write the scaling plot (PNG) here")
     args = parser.parse_args(argv)
 
-    from fastdist.models.mlp import MLP
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import machine, report
 
-    flops = MLP(W1_SIZES).flops_per_sample()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    say("describing the machine (CPU, BLAS thread pools, versions, commit)")
+    results: dict = {
+        "machine": machine.describe(),
+        "command": sys.argv[:] if argv is None else argv,
+    }
+    say(machine.summary(results["machine"]))
+    say("GEMM peak: NumPy float32 2048^3 matmul, 1 thread and all threads")
     results["gemm_peak"] = gemm_peak()
-    peak = results["gemm_peak"]["all_threads"]["gflops"]
-
-    runs = contenders(args.steps, args.warmup, peers=not args.no_peers)
-    samples: dict[int, list[dict]] = {i: [] for i in range(len(runs))}
-    for _ in range(args.rounds):
-        for i, (_, _, thunk) in enumerate(runs):
-            samples[i].append(thunk())
-    training = []
-    for i, (name, workers, _) in enumerate(runs):
-        rate = statistics.median(s["samples_per_second"] for s in samples[i])
-        row = {
-            "name": name,
-            "workers": workers,
-            "samples_per_second": rate,
-            "gflops": rate * flops / 1e9,
-            "percent_of_gemm_peak": 100 * rate * flops / 1e9 / peak,
-        }
-        if "startup_seconds" in samples[i][0]:
-            row["startup_seconds"] = statistics.median(s["startup_seconds"] for s in samples[i])
-        training.append(row)
-    ours = next(r for r in training if r["name"].startswith("fastdist") and r["workers"] == 2)
-    for row in training:
-        row["fastdist_2w_speedup"] = ours["samples_per_second"] / row["samples_per_second"]
-    results["training"] = training
-    results["allreduce"] = allreduce(args.rounds, peers=not args.no_peers)
+    results["training"] = []
+    for workload in args.workloads.split(","):
+        results["training"] += training(workload.strip(), args)
+    if not args.no_allreduce:
+        results["allreduce"] = allreduce(args.rounds, peers=not args.no_peers)
     if args.memory:
         results["memory"] = memory()
-
-    g = results["gemm_peak"]
-    print(
-        f"GEMM peak (NumPy float32 2048^3): {g['1_thread']['gflops']:.0f} GFLOP/s 1 thread, "
-        f"{peak:.0f} GFLOP/s {g['all_threads']['threads']} threads"
-    )
-    print("\n| W1 training | workers | samples/s | fastdist 2w is x faster | % of GEMM peak |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for r in training:
-        print(
-            f"| {r['name']} | {r['workers']} | {r['samples_per_second']:,.0f} "
-            f"| {r['fastdist_2w_speedup']:.2f} | {r['percent_of_gemm_peak']:.0f}% |"
-        )
-    print(
-        f"\nfastdist pool start-up to first finished step (warm cache, 2 workers): "
-        f"{ours.get('startup_seconds', float('nan')):.2f} s"
-    )
-    print("\n| allreduce (average, 2 processes) | floats | median ms | fastdist is x faster |")
-    print("| --- | ---: | ---: | ---: |")
-    for r in results["allreduce"]:
-        print(
-            f"| {r['impl']} | {r['n_floats']:,} | {r['median_ms']:.2f} "
-            f"| {r['speedup_of_fastdist']:.2f} |"
-        )
-    if args.memory:
-        print(
-            "\n| memory, 1 GB dataset | workers | summed PSS while training (GB) "
-            "| peak incl. data preparation (GB) |"
-        )
-        print("| --- | ---: | ---: | ---: |")
-        for r in results["memory"]:
-            print(
-                f"| coordinator + workers | {r['workers']} | {r['training_pss_gb']:.2f} "
-                f"| {r['peak_pss_gb']:.2f} |"
-            )
+    results["ratios"] = report.ratios(results)
+    print(report.render(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        say(f"wrote {args.json}")
     if args.plot:
         _plot(results, args.plot)
 

@@ -45,7 +45,9 @@ class ArrayRef:
             array = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, order="C")
             return array, None
         assert self.segment is not None
-        spec = ArenaSpec(self.segment.name, self.segment.size, {"a": (self.offset, self.shape, self.dtype)})
+        spec = ArenaSpec(
+            self.segment.name, self.segment.size, {"a": (self.offset, self.shape, self.dtype)}
+        )
         arena = SharedArena.attach(spec)
         return arena["a"], arena
 

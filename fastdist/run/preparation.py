@@ -56,12 +56,16 @@ class PreparedData:
         """What a worker opens (shared=True only): features, labels, and ``rows[part]``."""
         ds = self.dataset
         order = self.rows[part]
-        return RowsSpec(self.store.ref(ds.x_train), self.store.ref(ds.y_train), self.store.ref(order))
+        return RowsSpec(
+            self.store.ref(ds.x_train), self.store.ref(ds.y_train), self.store.ref(order)
+        )
 
     def release(self) -> None:
         """Drop the views and unlink the shared rows (the run is over)."""
         empty = np.empty((0, self.dataset.n_features), np.float32)
-        self.dataset = dataclasses.replace(self.dataset, x_train=empty, y_train=np.empty(0, np.int32))
+        self.dataset = dataclasses.replace(
+            self.dataset, x_train=empty, y_train=np.empty(0, np.int32)
+        )
         self.rows = np.empty(0, np.int64)
         self.store.close()
 
