@@ -193,6 +193,9 @@ def training(workload: str, args) -> list[dict]:
     flops = MLP(sizes).flops_per_sample()
     steps = args.steps if workload == "w1" else args.w2_steps
     runs = contenders(workload, steps, args.warmup, peers=not args.no_peers, jax=not args.no_jax)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        runs = [r for r in runs if any(w in f"{r[0]} {r[1]}w" for w in wanted)]
     samples: dict[int, list[dict]] = {i: [] for i in range(len(runs))}
     for r in range(args.rounds):
         for i, (name, workers, thunk) in enumerate(runs):
@@ -213,9 +216,10 @@ def training(workload: str, args) -> list[dict]:
         if "startup_seconds" in samples[i][0]:
             row["startup_seconds"] = statistics.median(s["startup_seconds"] for s in samples[i])
         rows.append(row)
-    ours = next(r for r in rows if r["name"].startswith("fastdist") and r["workers"] == 2)
+    ours = next((r for r in rows if r["name"].startswith("fastdist") and r["workers"] == 2), None)
     for row in rows:
-        row["fastdist_2w_speedup"] = ours["samples_per_second"] / row["samples_per_second"]
+        if ours is not None:
+            row["fastdist_2w_speedup"] = ours["samples_per_second"] / row["samples_per_second"]
     return rows
 
 
@@ -375,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workloads", default="w1,w2", help="comma-separated: w1,w2")
     parser.add_argument("--no-peers", action="store_true", help="time fastdist only")
     parser.add_argument("--no-jax", action="store_true", help="skip fastdist backend=jax")
+    parser.add_argument(
+        "--only", help="comma-separated substrings of '<label> <N>w' to time (others skipped)"
+    )
     parser.add_argument("--no-allreduce", action="store_true", help="skip the allreduce table")
     parser.add_argument("--memory", action="store_true", help="also measure PSS on 1 GB")
     parser.add_argument("--json", help="write every number to this file")

@@ -141,7 +141,7 @@ def render(results: dict) -> str:
         for r in rows:
             lines.append(
                 f"| {r['name']} | {r['workers']} | {r['samples_per_second']:,.0f} "
-                f"| {r['fastdist_2w_speedup']:.2f} | {100 * r['gflops'] / peak:.0f}% |"
+                f"| {_fmt(r.get('fastdist_2w_speedup'))} | {100 * r['gflops'] / peak:.0f}% |"
             )
     w1 = next((r for r in results["training"] if r["name"] == _OURS and r["workers"] == 2), None)
     if w1 and "startup_seconds" in w1:

@@ -2,9 +2,10 @@
 
 One ``jax.jit``-compiled function takes the *flat* float32 parameter vector, slices and
 reshapes it into ``w{l}``/``b{l}`` with static offsets inside the trace, and returns
-``jax.value_and_grad`` of the mean softmax cross-entropy with respect to that flat vector
-(so the gradient comes out already flat, in the model's layout order) plus the number
-of correct argmax predictions. Prediction is a second jitted function.
+``jax.value_and_grad`` of the mean softmax cross-entropy with respect to those tensors
+(not the flat vector: see :func:`_build` for why) plus the number of correct argmax
+predictions; each tensor's gradient is copied into its slice of the flat gradient.
+Prediction is a second jitted function.
 
 Copies, per ``loss_and_grad`` call:
 
@@ -128,7 +129,15 @@ def enable_compilation_cache(cache_dir: str) -> None:
 
 
 def _build(mlp, traces: dict[str, int]):
-    """The jitted (loss, #correct, flat grad) and logits functions of the MLP ``mlp``.
+    """The jitted (loss, #correct, per-layer grads) and logits functions of ``mlp``.
+
+    The functions take the *flat* parameter vector and slice it into ``w{l}``/``b{l}``
+    inside the trace, but differentiate with respect to those slices, not the flat
+    vector: the transpose of "slice a flat vector" is "pad the slice's gradient to the
+    full vector and add", so a gradient taken w.r.t. the flat vector costs one
+    full-length pad and add per tensor (measured: 34 ms instead of 20 ms of CPU time
+    per W1 step of 256 rows, XLA's dot itself being as fast as OpenBLAS's). The
+    per-tensor gradients are copied into their slices of the caller's buffer instead.
 
     ``traces`` counts how often each Python body runs, i.e. how often JAX traced (and
     then compiled or loaded from the persistent cache) a new specialisation.
@@ -138,23 +147,28 @@ def _build(mlp, traces: dict[str, int]):
     n_layers = mlp.n_layers
     offsets = mlp.offsets
 
-    def forward(params, x):
-        h = x
+    def unflatten(flat):
+        tensors = []
         for layer in range(n_layers):
             fan_in, fan_out = sizes[layer], sizes[layer + 1]
             w_at, b_at = offsets[layer]
             # Static Python ints: plain slices of the flat vector, no gathers.
-            w = params[w_at : w_at + fan_in * fan_out].reshape(fan_in, fan_out)
-            b = params[b_at : b_at + fan_out]
-            h = h @ w + b
+            tensors.append(flat[w_at : w_at + fan_in * fan_out].reshape(fan_in, fan_out))
+            tensors.append(flat[b_at : b_at + fan_out])
+        return tensors
+
+    def forward(tensors, x):
+        h = x
+        for layer in range(n_layers):
+            h = h @ tensors[2 * layer] + tensors[2 * layer + 1]
             if layer < n_layers - 1:
                 # jax.nn.relu, not jnp.maximum: its derivative at exactly 0 is 0, like the
                 # reference's (h > 0) mask (maximum would split the gradient, 0.5).
                 h = jax.nn.relu(h)
         return h
 
-    def mean_loss(params, x, y):
-        logits = forward(params, x)
+    def mean_loss(tensors, x, y):
+        logits = forward(tensors, x)
         logp = jax.nn.log_softmax(logits, axis=1)
         picked = jnp.take_along_axis(logp, y[:, None], axis=1)
         # The batch size is static; max() keeps an empty batch at 0 rather than NaN.
@@ -162,15 +176,26 @@ def _build(mlp, traces: dict[str, int]):
 
     def loss_and_grad(params, x, y):
         traces["loss_and_grad"] += 1
-        (loss, logits), grad = jax.value_and_grad(mean_loss, has_aux=True)(params, x, y)
+        value_and_grad = jax.value_and_grad(mean_loss, has_aux=True)
+        (loss, logits), grads = value_and_grad(unflatten(params), x, y)
         correct = jnp.sum(jnp.argmax(logits, axis=1) == y, dtype=jnp.int32)
-        return loss, correct, grad
+        return loss, correct, grads
 
     def predict(params, x):
         traces["predict"] += 1
-        return forward(params, x)
+        return forward(unflatten(params), x)
 
     return jax.jit(loss_and_grad), jax.jit(predict)
+
+
+def _slices(mlp) -> list[slice]:
+    """Where each tensor's gradient goes in the flat vector, in ``unflatten``'s order."""
+    out = []
+    for layer in range(mlp.n_layers):
+        fan_in, fan_out = mlp.sizes[layer], mlp.sizes[layer + 1]
+        w_at, b_at = mlp.offsets[layer]
+        out += [slice(w_at, w_at + fan_in * fan_out), slice(b_at, b_at + fan_out)]
+    return out
 
 
 class JaxKernel:
@@ -191,6 +216,7 @@ class JaxKernel:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._traces = {"loss_and_grad": 0, "predict": 0}
         self._loss_and_grad, self._predict = _build(mlp, self._traces)
+        self._grad_slices = _slices(mlp)
         self._pad: np.ndarray | None = None  # the short last chunk of logits()
 
     @property
@@ -214,10 +240,11 @@ class JaxKernel:
         params = np.asarray(params, dtype=np.float32)
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int32)
-        loss, correct, grad = self._loss_and_grad(params, x, y)
-        # The one copy: XLA's immutable output buffer -> the shared gradient slot.
+        loss, correct, grads = self._loss_and_grad(params, x, y)
+        # The one copy: XLA's immutable output buffers -> the shared gradient slot.
         # np.asarray is a zero-copy view on CPU (and waits for the computation).
-        grad_out[:] = np.asarray(grad)
+        for where, grad in zip(self._grad_slices, grads, strict=True):
+            grad_out[where] = np.asarray(grad).reshape(-1)
         return float(loss), int(correct)
 
     def logits(self, params: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
