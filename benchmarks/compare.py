@@ -194,7 +194,7 @@ def training(workload: str, args) -> list[dict]:
     steps = args.steps if workload == "w1" else args.w2_steps
     runs = contenders(workload, steps, args.warmup, peers=not args.no_peers, jax=not args.no_jax)
     if args.only:
-        wanted = [w.strip() for w in args.only.split(",")]
+        wanted = [w.strip() for w in args.only.split("|")]
         runs = [r for r in runs if any(w in f"{r[0]} {r[1]}w" for w in wanted)]
     samples: dict[int, list[dict]] = {i: [] for i in range(len(runs))}
     for r in range(args.rounds):
@@ -328,9 +328,10 @@ def memory(gigabytes: float = 1.0) -> list[dict]:
                 tree = _tree(proc.pid)
                 total = sum(_pss_kb(p) for p in tree)
                 peak = max(peak, total)
-                if sum(1 for p in tree if _is_worker(p)) == workers:
+                running = sum(1 for p in tree if _is_worker(p))
+                if running == workers:
                     training_peak = max(training_peak, total)
-                elif len(tree) == 1:  # no child yet: the coordinator preparing the data
+                elif running == 0:  # no worker yet: the coordinator preparing the data
                     preparing_peak = max(preparing_peak, total)
                 time.sleep(0.2)
         rows.append(
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peers", action="store_true", help="time fastdist only")
     parser.add_argument("--no-jax", action="store_true", help="skip fastdist backend=jax")
     parser.add_argument(
-        "--only", help="comma-separated substrings of '<label> <N>w' to time (others skipped)"
+        "--only", help="|-separated substrings of '<label> <N>w' to time (others skipped)"
     )
     parser.add_argument("--no-allreduce", action="store_true", help="skip the allreduce table")
     parser.add_argument("--memory", action="store_true", help="also measure PSS on 1 GB")

@@ -1,0 +1,226 @@
+"""``python -m benchmarks.npy_larger_than_memory``: W1 on a .npy file larger than memory.
+
+Writes W1-shaped data (784 float32 features, 10 classes) to ``--dir`` as .npy files of
+``--ratio`` times the memory budget, then trains W1 (2 workers, grad_avg) with
+``dataset=npy`` and, interleaved round by round, on the usual in-memory synthetic set,
+and reports both samples/s, their ratio and the I/O rates (writing the file, one cold
+sequential read, and what the training runs read from disk).
+
+The memory budget is the machine's RAM, or, with ``--memory-cap-gb``, a cgroup (v1
+memory controller) created under this process's own cgroup whose limit covers every
+page the training processes charge, their page cache included: a file of 1.5x the cap
+then cannot fit in the cache it may use. Without a cap, a file of 1.5x RAM needs that
+much free disk and time to write. This is a benchmark, not a test: it prints what it
+measures as it goes and says which budget it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES, CLASSES, N_TEST = 784, 10, 2048
+_CHUNK_ROWS = 32768
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _mem_total_bytes() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+def _drop_cache(path: Path) -> None:
+    """Evict this file's pages from the page cache (this file only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def write_files(directory: Path, n_rows: int, seed: int = 0) -> dict:
+    """W1-shaped Gaussian-mixture data written in chunks (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLASSES, FEATURES)).astype(np.float32) * 3 / np.sqrt(FEATURES)
+    paths = {k: directory / f"{k}.npy" for k in ("x_train", "y_train", "x_test", "y_test")}
+    start = time.perf_counter()
+    x = np.lib.format.open_memmap(paths["x_train"], "w+", np.float32, (n_rows, FEATURES))
+    y = rng.integers(0, CLASSES, n_rows).astype(np.int32)
+    for lo in range(0, n_rows, _CHUNK_ROWS):
+        hi = min(lo + _CHUNK_ROWS, n_rows)
+        x[lo:hi] = rng.standard_normal((hi - lo, FEATURES), dtype=np.float32) + centres[y[lo:hi]]
+        if lo // _CHUNK_ROWS % 32 == 0:
+            say(f"  written {hi * FEATURES * 4 / 2**30:.1f} GB")
+    x.flush()
+    del x
+    _drop_cache(paths["x_train"])  # includes the fsync: the rate is to the disk
+    seconds = time.perf_counter() - start
+    np.save(paths["y_train"], y)
+    yt = rng.integers(0, CLASSES, N_TEST).astype(np.int32)
+    xt = rng.standard_normal((N_TEST, FEATURES), dtype=np.float32) + centres[yt]
+    np.save(paths["x_test"], xt)
+    np.save(paths["y_test"], yt)
+    size = n_rows * FEATURES * 4
+    return {"paths": paths, "bytes": size, "write_gb_per_s": size / 2**30 / seconds}
+
+
+def cold_read_rate(path: Path, cgroup: Path | None) -> float:
+    """GB/s of one sequential read of the file from disk (its cache dropped first)."""
+    _drop_cache(path)
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter(); n = 0\n"
+        "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
+        "    while (b := f.read(64 << 20)): n += len(b)\n"
+        "print(n / 2**30 / (time.perf_counter() - t))\n"
+    )
+    out = _run([sys.executable, "-c", code, str(path)], cgroup)
+    return float(out.strip().splitlines()[-1])
+
+
+def _make_cgroup(cap_bytes: int) -> Path:
+    """A memory cgroup (v1) under this process's own, limited to ``cap_bytes``."""
+    with open("/proc/self/cgroup") as fh:
+        mine = next(line.split(":", 2)[2].strip() for line in fh if ":memory:" in line)
+    group = Path("/sys/fs/cgroup/memory") / mine.lstrip("/") / f"fastdist-npy-{os.getpid()}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(cap_bytes))
+    return group
+
+
+def _run(argv: list[str], cgroup: Path | None, env: dict | None = None) -> str:
+    """Run ``argv`` (inside ``cgroup``: the child moves itself in before exec)."""
+    if cgroup is not None:
+        argv = ["sh", "-c", f'echo $$ > {cgroup / "cgroup.procs"} && exec "$@"', "sh", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[-3:]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
+def train(steps: int, files: dict | None, cgroup: Path | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        # W1's settings (experiment=w1 also fixes the synthetic dataset's size).
+        argv = [sys.executable, "-m", "fastdist", "workers=2", "combiner=grad_avg"]
+        argv += ["model.hidden=[1024,1024]", "batch_size=256", "optimizer.lr=0.01"]
+        argv += ["optimizer.momentum=0.9"]
+        if files is not None:  # validated once already: skip the finiteness pass
+            argv += ["dataset=npy", "dataset.check_finite=false"]
+            argv += [f"dataset.{k}={p}" for k, p in files["paths"].items()]
+        else:
+            argv += ["dataset=synthetic", "dataset.n_train=16384", "dataset.n_test=2048"]
+            argv += [f"dataset.n_features={FEATURES}", f"dataset.n_classes={CLASSES}"]
+        argv += [f"steps={steps}", "diagnostics=false", f"hydra.run.dir={tmp}"]
+        io_before = _cgroup_read_bytes(cgroup)
+        _run(argv, cgroup, env)
+        io_after = _cgroup_read_bytes(cgroup)
+        metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    out = {k: metrics[k] for k in ("samples_per_second", "train_seconds")}
+    if io_before is not None and io_after is not None:
+        out["disk_read_gb"] = (io_after - io_before) / 2**30
+    return out
+
+
+def _cgroup_read_bytes(cgroup: Path | None) -> int | None:
+    """Bytes the cgroup's processes read from block devices (blkio is not always there:
+    then the page-cache misses are estimated from the memory controller's pgmajfault)."""
+    if cgroup is None:
+        return None
+    stat = (cgroup / "memory.stat").read_text().split()
+    values = dict(zip(stat[::2], stat[1::2], strict=False))
+    return int(values.get("total_pgmajfault", values.get("pgmajfault", 0))) * 4096
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dir", default=None, help="where to write the files (default: a temp dir)"
+    )
+    parser.add_argument("--memory-cap-gb", type=float, help="cgroup cap (default: no cap, RAM)")
+    parser.add_argument("--ratio", type=float, default=1.5, help="file size / memory budget")
+    parser.add_argument("--steps", type=int, default=120, help="timed steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--keep", action="store_true", help="keep the files")
+    parser.add_argument("--json", help="write the numbers here")
+    args = parser.parse_args(argv)
+
+    budget = int(args.memory_cap_gb * 2**30) if args.memory_cap_gb else _mem_total_bytes()
+    n_rows = int(args.ratio * budget / (FEATURES * 4))
+    cgroup = _make_cgroup(budget) if args.memory_cap_gb else None
+    what = f"a cgroup memory cap of {budget / 2**30:.1f} GiB" if cgroup else "the machine's RAM"
+    say(
+        f"budget: {what}; file: {n_rows:,} rows x {FEATURES} float32 = "
+        f"{n_rows * FEATURES * 4 / 2**30:.1f} GiB ({args.ratio}x)"
+    )
+    directory = Path(args.dir or tempfile.mkdtemp(prefix="fastdist-npy-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        say(f"writing the files to {directory}")
+        files = write_files(directory, n_rows)
+        say(f"  write rate (to disk, fsync'd): {files['write_gb_per_s']:.2f} GB/s")
+        say("one cold sequential read of x_train (cache dropped first)")
+        read_rate = cold_read_rate(files["paths"]["x_train"], cgroup)
+        say(f"  cold sequential read: {read_rate:.2f} GB/s")
+        samples: dict[str, list[dict]] = {"npy": [], "memory": []}
+        for r in range(args.rounds):
+            for kind in ("npy", "memory"):
+                say(f"round {r + 1}/{args.rounds}: W1 2 workers, {kind}, {args.steps} steps")
+                result = train(args.steps, files if kind == "npy" else None, cgroup)
+                samples[kind].append(result)
+                extra = (
+                    f", {result['disk_read_gb']:.2f} GB faulted in"
+                    if "disk_read_gb" in result
+                    else ""
+                )
+                say(f"  {result['samples_per_second']:,.0f} samples/s{extra}")
+        med = {k: statistics.median(s["samples_per_second"] for s in v) for k, v in samples.items()}
+        results = {
+            "budget": what,
+            "budget_bytes": budget,
+            "file_bytes": files["bytes"],
+            "write_gb_per_s": files["write_gb_per_s"],
+            "cold_sequential_read_gb_per_s": read_rate,
+            "steps": args.steps,
+            "rounds": samples,
+            "median_samples_per_second": med,
+            "npy_over_memory": med["npy"] / med["memory"],
+        }
+        print(json.dumps(results, indent=2))
+        print(
+            f"W1, 2 workers, file {files['bytes'] / 2**30:.1f} GiB = {args.ratio}x {what}: "
+            f"{med['npy']:,.0f} samples/s from the memory-mapped file vs {med['memory']:,.0f} "
+            f"in memory = {results['npy_over_memory']:.2f}x (target >= 0.8); disk write "
+            f"{files['write_gb_per_s']:.2f} GB/s, cold sequential read {read_rate:.2f} GB/s"
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if not args.keep:
+            for path in directory.glob("*.npy"):
+                path.unlink()
+            if args.dir is None:
+                directory.rmdir()
+        if cgroup is not None:
+            cgroup.rmdir()
+
+
+if __name__ == "__main__":
+    main()
