@@ -1,7 +1,7 @@
 """Datasets as float32 feature matrices with int32 labels, and their sharding.
 
 Loaders return a :class:`Dataset`. A loader marked ``in_place`` takes the run's
-:class:`~fastdist.data.shared.RowStore` and writes its rows straight into shared memory
+:class:`~fastdist.engine.rows.RowStore` and writes its rows straight into shared memory
 (or maps them from a file), so the training set exists once; the others return private
 arrays, which the run moves into the store once.
 """

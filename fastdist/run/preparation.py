@@ -7,7 +7,7 @@ the rest. ``fastdist-combine`` calls the same function to rebuild a saved run's 
 The shuffle is an index, never a copy of the data: ``rows`` lists the training rows in
 shuffled order and workers gather their minibatches through it. With ``shared=True``
 the loader writes straight into shared memory (or maps a file) held by a
-:class:`~fastdist.data.shared.RowStore`, so the dataset exists once, however many
+:class:`~fastdist.engine.rows.RowStore`, so the dataset exists once, however many
 workers read it.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from fastdist.combiners.base import Combiner
 from fastdist.data.base import Dataset
 from fastdist.data.datasets import load_dataset, shard_bounds
-from fastdist.data.shared import RowsSpec, RowStore
+from fastdist.engine.rows import RowsSpec, RowStore
 from fastdist.errors import ConfigError
 
 __all__ = ["PreparedData", "prepare_data", "validation_fraction", "plan_steps", "init_seed"]

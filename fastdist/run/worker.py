@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdist.combiners.base import Sync, SyncSchedule
-from fastdist.data.shared import RowsSpec, open_rows
+from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
 from fastdist.engine.barrier import SpinBarrier
 from fastdist.engine.faults import fault_plan
