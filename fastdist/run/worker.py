@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdist.combiners.base import Sync, SyncSchedule
-from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
 from fastdist.engine.barrier import SpinBarrier
 from fastdist.engine.faults import fault_plan
+from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.shm import ArenaSpec, SharedArena
 from fastdist.errors import DivergenceError
 from fastdist.models.base import Model
