@@ -56,29 +56,44 @@ def _drop_cache(path: Path) -> None:
 
 
 def write_files(directory: Path, n_rows: int, seed: int = 0) -> dict:
-    """W1-shaped Gaussian-mixture data written in chunks (never whole in memory)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((CLASSES, FEATURES)).astype(np.float32) * 3 / np.sqrt(FEATURES)
+    """W1-shaped Gaussian-mixture data written in chunks (never whole in memory).
+
+    The write rate counts only the ``write`` calls and the final ``fsync`` (generating
+    the rows is not I/O); an existing set of files of the right size is reused."""
     paths = {k: directory / f"{k}.npy" for k in ("x_train", "y_train", "x_test", "y_test")}
-    start = time.perf_counter()
-    x = np.lib.format.open_memmap(paths["x_train"], "w+", np.float32, (n_rows, FEATURES))
+    size = n_rows * FEATURES * 4
+    if all(p.exists() for p in paths.values()):
+        x = np.load(paths["x_train"], mmap_mode="r")
+        if x.shape == (n_rows, FEATURES):
+            say("  reusing the files already there")
+            return {"paths": paths, "bytes": size, "write_gb_per_s": None}
+    rng = np.random.default_rng(seed)
+    centres = (rng.standard_normal((CLASSES, FEATURES)) * 3 / np.sqrt(FEATURES)).astype(np.float32)
     y = rng.integers(0, CLASSES, n_rows).astype(np.int32)
-    for lo in range(0, n_rows, _CHUNK_ROWS):
-        hi = min(lo + _CHUNK_ROWS, n_rows)
-        x[lo:hi] = rng.standard_normal((hi - lo, FEATURES), dtype=np.float32) + centres[y[lo:hi]]
-        if lo // _CHUNK_ROWS % 32 == 0:
-            say(f"  written {hi * FEATURES * 4 / 2**30:.1f} GB")
-    x.flush()
-    del x
-    _drop_cache(paths["x_train"])  # includes the fsync: the rate is to the disk
-    seconds = time.perf_counter() - start
+    io_seconds = 0.0
+    with open(paths["x_train"], "wb") as fh:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, FEATURES)}
+        np.lib.format.write_array_header_1_0(fh, header)
+        for lo in range(0, n_rows, _CHUNK_ROWS):
+            hi = min(lo + _CHUNK_ROWS, n_rows)
+            chunk = rng.standard_normal((hi - lo, FEATURES), dtype=np.float32)
+            chunk += centres[y[lo:hi]]
+            start = time.perf_counter()
+            fh.write(chunk.data)
+            io_seconds += time.perf_counter() - start
+            if lo // _CHUNK_ROWS % 16 == 0:
+                say(f"  written {hi * FEATURES * 4 / 2**30:.1f} GB")
+        start = time.perf_counter()
+        fh.flush()
+        os.fsync(fh.fileno())
+        io_seconds += time.perf_counter() - start
+    _drop_cache(paths["x_train"])
     np.save(paths["y_train"], y)
     yt = rng.integers(0, CLASSES, N_TEST).astype(np.int32)
     xt = rng.standard_normal((N_TEST, FEATURES), dtype=np.float32) + centres[yt]
     np.save(paths["x_test"], xt)
     np.save(paths["y_test"], yt)
-    size = n_rows * FEATURES * 4
-    return {"paths": paths, "bytes": size, "write_gb_per_s": size / 2**30 / seconds}
+    return {"paths": paths, "bytes": size, "write_gb_per_s": size / 2**30 / io_seconds}
 
 
 def cold_read_rate(path: Path, cgroup: Path | None) -> float:
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         say(f"writing the files to {directory}")
         files = write_files(directory, n_rows)
-        say(f"  write rate (to disk, fsync'd): {files['write_gb_per_s']:.2f} GB/s")
+        if files["write_gb_per_s"] is not None:
+            say(f"  write rate (write calls + fsync): {files['write_gb_per_s']:.2f} GB/s")
         say("one cold sequential read of x_train (cache dropped first)")
         read_rate = cold_read_rate(files["paths"]["x_train"], cgroup)
         say(f"  cold sequential read: {read_rate:.2f} GB/s")
@@ -208,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             f"W1, 2 workers, file {files['bytes'] / 2**30:.1f} GiB = {args.ratio}x {what}: "
             f"{med['npy']:,.0f} samples/s from the memory-mapped file vs {med['memory']:,.0f} "
             f"in memory = {results['npy_over_memory']:.2f}x (target >= 0.8); disk write "
-            f"{files['write_gb_per_s']:.2f} GB/s, cold sequential read {read_rate:.2f} GB/s"
+            f"{files['write_gb_per_s'] or float('nan'):.2f} GB/s, cold sequential read "
+            f"{read_rate:.2f} GB/s"
         )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
