@@ -236,7 +236,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.dir is None:
                 directory.rmdir()
         if cgroup is not None:
-            cgroup.rmdir()
+            for _ in range(50):  # the last processes may still be leaving the group
+                try:
+                    cgroup.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.2)
 
 
 if __name__ == "__main__":

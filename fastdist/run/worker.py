@@ -77,7 +77,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
     # The shard is an index into rows stored once (shuffled by index, never copied).
-    x_all, y_all, order_all = rows
+    x_all, y_all, order_all, prefetch = rows
     lo, hi = spec.shards[rank]
     shard_rows = order_all[lo:hi]
     steps_per_epoch = (hi - lo) // batch
@@ -123,6 +123,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
             if fault is not None:
                 fault.maybe_fire(rank, step)
             idx = shard_rows[order[b * batch : (b + 1) * batch]]
+            if prefetch is not None and b + 1 < steps_per_epoch:  # a file: read ahead
+                prefetch(shard_rows[order[(b + 1) * batch : (b + 2) * batch]])
             np.take(x_all, idx, axis=0, out=xb, mode="clip")
             np.take(y_all, idx, out=yb, mode="clip")
             loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
