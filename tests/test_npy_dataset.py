@@ -116,3 +116,24 @@ def test_missing_and_unreadable_files(npy_files, tmp_path):
         fastdist.train(fastdist.compose(_npy_run(npy_files)))
     with pytest.raises(ConfigError, match="needs dataset.x_train"):
         fastdist.train(fastdist.compose([*_npy_run({}), "dataset=npy"]))
+
+
+def test_workers_open_the_file_itself_and_read_ahead(npy_files):
+    from fastdist.engine.rows import open_rows
+
+    cfg = fastdist.compose(_npy_run(npy_files))
+    data = prepare_data(cfg, 2, 0.0, shared=True)
+    try:
+        with open_rows(data.rows_spec()) as (x, y, rows, prefetch):
+            assert isinstance(x, np.memmap) and not x.flags.writeable
+            np.testing.assert_array_equal(x, np.load(npy_files["x_train"]))
+            np.testing.assert_array_equal(rows, data.rows)
+            prefetch(rows[:16])  # asynchronous read-ahead: only must not fail
+    finally:
+        data.release()
+    memory = prepare_data(fastdist.compose(small_run()), 2, 0.0, shared=True)
+    try:
+        with open_rows(memory.rows_spec()) as (_, _, _, prefetch):
+            assert prefetch is None  # shared memory: nothing to read ahead
+    finally:
+        memory.release()
