@@ -84,63 +84,25 @@ def train(cfg) -> RunResult:
     comm = _mpi_world(cfg, combiner)
     check_rounds(combiner, optimizer, enum_value(cfg.dist))
     place = Placement.of(comm, int(cfg.workers))
-    # Everything that can be checked before start-up is: the checkpoint's file and
-    # the file to resume from (its shapes once the model is known), the memory.
-    digest = config_hash(cfg)
-    every, checkpoint_path = checkpointing(cfg)
-    if checkpoint_path:
-        check_checkpoint_path(checkpoint_path)
-    resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
-    _plan_data_memory(cfg)
+    saving = _check_files(cfg)  # checkpoint path, resume file, memory: before start-up
 
     # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
     data = prepare_data(cfg, place.total_workers, fraction)
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
     if combiner.check_model is not None:
         combiner.check_model(model)
-    smallest = min(hi - lo for lo, hi in data.shards)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
-    # One pure function of the global step: every worker computes the same rate.
-    scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
-    rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
-    rows, shards = place.node_rows(data.shards)
-    steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
+    plan = _plan(cfg, data, place, optimizer, lr_schedule)
 
     # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
-    arrays = _arena_arrays(data, rows, model, optimizer, combiner, place)
-    if eval_every:  # run/history.py: the rows as they stood at an evaluation step
-        arrays["snapshots"] = arrays["params"]
-    arrays.update(round_arrays(combiner, place.workers, model.layout.size))
-    sync_eval_every = None if cfg.eval_every is None else int(cfg.eval_every)
-    arrays.update(eval_arrays(sync_eval_every, total_steps, model.layout.size, combiner.sync))
+    arrays = _arena_arrays(data, model, optimizer, combiner, place, plan)
     check_memory_plan(arena_bytes(arrays), what="this run's arena")
     backend = enum_value(cfg.backend.name)
     model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
     with SharedArena.create(arrays) as arena:
-        _fill_arena(arena, data, rows, model, combiner, int(cfg.seed), place)
-        spec = WorkerSpec(
-            arena=arena.spec,
-            model=model,
-            backend=backend,
-            schedule=combiner.schedule,
-            shards=shards,
-            batch_size=batch,
-            total_steps=total_steps,
-            optimizer=optimizer,
-            rates=rates,
-            seed=int(cfg.seed),
-            threads=int(cfg.backend.threads),
-            backend_options=_backend_options(cfg),
-            start_step=_resume(cfg, arena, resumed, total_steps),
-            checkpoint_every=every,
-            checkpoint_path=checkpoint_path,
-            config_hash=digest,
-            hierarchical=comm is not None,
-            rank_offset=place.first_worker,
-            history_every=history_every,
-            sync_eval_every=sync_eval_every,
-            eval_every=eval_every,
-        )
+        _fill_arena(arena, data, plan.rows, model, combiner, int(cfg.seed), place)
+        start_step = _resume(cfg, arena, saving.resumed, plan.total_steps)
+        spec = _worker_spec(cfg, arena, model, optimizer, combiner, backend, place, plan)
+        spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
         _announce(combiner, data.dataset.name, place, spec)
         # 3. Spawn the workers and train, under the failure policy.
         spawned = time.monotonic()
@@ -153,27 +115,9 @@ def train(cfg) -> RunResult:
             combiner=combiner,
             data=data,
             arena=arena,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
         )
-        progress.start(spec.start_step)
-        preload_host_kernel(model)  # for the final evaluation, while the workers start
-        try:
-            done, last_spec, failures = supervise(
-                arena,
-                spec,
-                progress,
-                policy=enum_value(cfg.on_worker_failure),
-                max_respawns=int(cfg.max_respawns),
-                pool_options=_pool_options(cfg, backend),
-                comm=comm,
-                checkpoint_path=checkpoint_path,
-                digest=digest,
-                reuse=reuse_requested(cfg),
-            )
-        except BaseException:
-            progress.close(complete=False)  # the rows so far stay in history.csv
-            raise
-        progress.close()  # scores the held snapshots (run/history.py)
+        done, failures = _supervised(cfg, arena, spec, progress, comm, saving, model)
         trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
         if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
             data.x_train = data.y_train = None
@@ -212,6 +156,116 @@ def train(cfg) -> RunResult:
         combined,
         history,
     )
+
+
+@dataclass(frozen=True)
+class _Saving:
+    """Checkpointing settings, checked before start-up, and the checkpoint to resume."""
+
+    digest: str
+    every: int | None
+    path: str | None
+    resumed: dict | None
+
+    @property
+    def spec_fields(self) -> dict:
+        return {"checkpoint_every": self.every, "checkpoint_path": self.path}
+
+
+def _check_files(cfg) -> _Saving:
+    """Everything that can be checked before start-up is: the checkpoint's file, the
+    file to resume from (its shapes once the model is known), the data's memory."""
+    digest = config_hash(cfg)
+    every, path = checkpointing(cfg)
+    if path:
+        check_checkpoint_path(path)
+    resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
+    _plan_data_memory(cfg)
+    return _Saving(digest, every, path, resumed)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape once the data are known."""
+
+    batch: int
+    total_steps: int
+    rates: LearningRate
+    rows: slice
+    shards: tuple
+    steps_per_epoch: int
+    history_every: int
+    eval_every: int  # history: steps between scores of the combined model (0 = never)
+    sync_eval_every: int | None  # accounting: snapshots after syncs (None = never)
+
+
+def _plan(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) -> _Plan:
+    smallest = min(hi - lo for lo, hi in data.shards)
+    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
+    # One pure function of the global step: every worker computes the same rate.
+    scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
+    rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
+    rows, shards = place.node_rows(data.shards)
+    steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
+    sync_eval_every = None if cfg.eval_every is None else int(cfg.eval_every)
+    return _Plan(
+        batch,
+        total_steps,
+        rates,
+        rows,
+        shards,
+        steps_per_epoch,
+        history_every,
+        eval_every,
+        sync_eval_every,
+    )
+
+
+def _worker_spec(cfg, arena, model, optimizer, combiner, backend, place, plan) -> WorkerSpec:
+    return WorkerSpec(
+        arena=arena.spec,
+        model=model,
+        backend=backend,
+        schedule=combiner.schedule,
+        shards=plan.shards,
+        batch_size=plan.batch,
+        total_steps=plan.total_steps,
+        optimizer=optimizer,
+        rates=plan.rates,
+        seed=int(cfg.seed),
+        threads=int(cfg.backend.threads),
+        backend_options=_backend_options(cfg),
+        config_hash=config_hash(cfg),
+        hierarchical=place.mpi,
+        rank_offset=place.first_worker,
+        history_every=plan.history_every,
+        sync_eval_every=plan.sync_eval_every,
+        eval_every=plan.eval_every,
+    )
+
+
+def _supervised(cfg, arena, spec: WorkerSpec, progress, comm, saving: _Saving, model):
+    """Step 3: the pool trains under the failure policy while ``progress`` watches."""
+    progress.start(spec.start_step)
+    preload_host_kernel(model)  # for the final evaluation, while the workers start
+    try:
+        done, _, failures = supervise(
+            arena,
+            spec,
+            progress,
+            policy=enum_value(cfg.on_worker_failure),
+            max_respawns=int(cfg.max_respawns),
+            pool_options=_pool_options(cfg, spec.backend),
+            comm=comm,
+            checkpoint_path=saving.path,
+            digest=saving.digest,
+            reuse=reuse_requested(cfg),
+        )
+    except BaseException:
+        progress.close(complete=False)  # the rows so far stay in history.csv
+        raise
+    progress.close()  # scores the held snapshots (run/history.py)
+    return done, failures
 
 
 @dataclass(frozen=True)
@@ -263,14 +317,14 @@ def _announce(combiner: Combiner, dataset: str, place: Placement, spec: WorkerSp
 
 def _arena_arrays(
     data: PreparedData,
-    rows: slice,
     model: Model,
     optimizer: Optimizer,
     combiner: Combiner,
     place: Placement,
+    plan: _Plan,
 ) -> dict:
     """Name -> (shape, dtype) of everything the workers share."""
-    workers, size = place.workers, model.layout.size
+    workers, size, rows = place.workers, model.layout.size, plan.rows
     param_rows = 1 if combiner.shares_parameters else workers
     state_rows = 1 if combiner.shares_state else workers
     n_state = len(optimizer.state_names)
@@ -291,6 +345,10 @@ def _arena_arrays(
         averaged = 1 + (n_state if combiner.schedule.average_state else 0)
         arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
         arrays["node_means"] = ((averaged, size), np.float32)
+    if plan.eval_every:  # run/history.py: the rows as they stood at an evaluation step
+        arrays["snapshots"] = arrays["params"]
+    arrays.update(round_arrays(combiner, workers, size))
+    arrays.update(eval_arrays(plan.sync_eval_every, plan.total_steps, size, combiner.sync))
     return arrays
 
 
