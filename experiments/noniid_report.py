@@ -1,4 +1,4 @@
-"""Table and plot for `fastdist -m experiment=noniid` (docs/notes/issue-14.md).
+"""Table and plot for `fastdist -m experiment=noniid` (experiments/README.md section 7).
 
     python experiments/noniid_report.py MULTIRUN_DIR [--out DIR]
 
