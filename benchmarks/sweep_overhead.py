@@ -35,14 +35,12 @@ JOB = ["dataset=digits", "workers=2", "epochs=5"]
 
 
 def _command(checkout: Path) -> tuple[list[str], dict]:
-    """The ``fastdist`` console script, importing fastdist from ``checkout``."""
+    """``python -m fastdist`` importing fastdist from ``checkout`` (the same command for
+    every checkout: an older one may lack the console script's entry module)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
     env.pop("FASTDIST_DEBUG", None)
-    script = Path(sys.executable).with_name("fastdist")
-    if script.exists():
-        return [sys.executable, str(script)], env
-    return [sys.executable, "-c", "from fastdist.cli.main import main; main()"], env
+    return [sys.executable, "-m", "fastdist"], env
 
 
 def _run(checkout: Path, args: list[str], out: Path) -> float:
