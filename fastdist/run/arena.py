@@ -1,0 +1,123 @@
+"""Step 2 of the recipe: what the shared arena holds, how it is filled, and what a
+checkpoint puts back into it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from fastdist.combiners.base import Combiner
+from fastdist.engine.barrier import barrier_shape
+from fastdist.engine.memory import check_memory_plan
+from fastdist.errors import ConfigError
+from fastdist.models.base import Model
+from fastdist.optim.base import Optimizer
+from fastdist.run.accounting import eval_arrays
+from fastdist.run.placement import Placement, RunPlan
+from fastdist.run.preparation import PreparedData, init_seed
+from fastdist.run.rounds import ROUND_STATE, round_arrays
+
+__all__ = ["arena_arrays", "fill_arena", "check_data_memory", "resume_into"]
+
+log = logging.getLogger("fastdist")
+
+
+def arena_arrays(
+    data: PreparedData,
+    model: Model,
+    optimizer: Optimizer,
+    combiner: Combiner,
+    place: Placement,
+    plan: RunPlan,
+) -> dict:
+    """Name -> (shape, dtype) of everything the workers share."""
+    workers, size, rows = place.workers, model.layout.size, plan.rows
+    param_rows = 1 if combiner.shares_parameters else workers
+    state_rows = 1 if combiner.shares_state else workers
+    n_state = len(optimizer.state_names)
+    arrays = {
+        "x_train": (data.x_train[rows].shape, np.float32),
+        "y_train": (data.y_train[rows].shape, np.int32),
+        "params": ((param_rows, size), np.float32),
+        # (state vector, row, P): a state vector's rows are contiguous, so averaging it
+        # across workers is the same reduction as averaging the parameters.
+        "opt_state": ((n_state, state_rows, size), np.float32),
+        "grads": ((workers, size), np.float32),
+        "progress": ((workers, 8), np.int64),  # steps done per worker (one cache line)
+    }
+    if optimizer.clip_norm is not None:
+        # Each worker's partial sum of squares of the averaged gradient (one cache line).
+        arrays["grad_norm_parts"] = ((workers, 8), np.float64)
+    if place.mpi:
+        averaged = 1 + (n_state if combiner.schedule.average_state else 0)
+        arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
+        arrays["node_means"] = ((averaged, size), np.float32)
+    if plan.eval_every:  # run/history.py: the rows as they stood at an evaluation step
+        arrays["snapshots"] = arrays["params"]
+    arrays.update(round_arrays(combiner, workers, size))
+    arrays.update(eval_arrays(plan.sync_eval_every, plan.total_steps, size, combiner.sync))
+    return arrays
+
+
+def fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement) -> None:
+    """The training rows (written once; workers read their shard in place) and each
+    parameter row's initialisation."""
+    arena["x_train"][:] = data.x_train[rows]
+    arena["y_train"][:] = data.y_train[rows]
+    if not place.mpi:
+        # From here on the coordinator reads the training set from the arena too, and
+        # drops its private copies: the dataset is held once, not 1 + N times.
+        # (Fresh empty arrays: even a zero-length view would keep its base alive.)
+        data.x_train, data.y_train = arena["x_train"], arena["y_train"]
+        data.dataset = dataclasses.replace(
+            data.dataset,
+            x_train=np.empty((0, data.dataset.n_features), np.float32),
+            y_train=np.empty(0, np.int32),
+        )
+    for row in range(arena["params"].shape[0]):
+        worker = place.first_worker + row
+        model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
+    if "anchor" in arena:  # local-update rounds: the server model starts where all do
+        arena["anchor"][:] = arena["params"][0]
+
+
+def check_data_memory(cfg) -> None:
+    """Before generating data: the generated set, its shuffled copy and the arena's
+    copy of the training rows must fit (files are bounded by the disk already)."""
+    from fastdist.data.datasets import expected_bytes
+
+    data_bytes = expected_bytes(cfg.dataset)
+    if data_bytes is not None:
+        train_share = (
+            data_bytes
+            * int(cfg.dataset.n_train)
+            // (int(cfg.dataset.n_train) + int(cfg.dataset.n_test))
+        )
+        check_memory_plan(train_share, 2 * data_bytes, what=f"dataset={cfg.dataset.name}")
+
+
+def resume_into(cfg, arena, state: dict | None, total_steps: int) -> int:
+    """Put the checkpoint read at start-up into the arena; the step to start from (0
+    without one)."""
+    if state is None:
+        return 0
+    if (state["params"].shape, state["opt_state"].shape) != (
+        arena["params"].shape,
+        arena["opt_state"].shape,
+    ):
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint's shapes do not match this model")
+    for name in (name for name in ROUND_STATE if name in arena):
+        kept = state["extra"].get(name)
+        if kept is None or kept.shape != arena[name].shape:
+            raise ConfigError(f"resume={cfg.resume}: the checkpoint lacks this combiner's {name}")
+        arena[name][:] = kept
+    arena["params"][:], arena["opt_state"][:] = state["params"], state["opt_state"]
+    if state["step"] >= total_steps:
+        raise ConfigError(
+            f"resume={cfg.resume}: the checkpoint is at step {state['step']}, the run "
+            f"has {total_steps} steps; ask for more steps"
+        )
+    log.info("resuming from %s at step %d", cfg.resume, state["step"])
+    return state["step"]

@@ -1,0 +1,82 @@
+"""Where a run's workers sit and the run's shape once the data are known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastdist.optim.schedules import LearningRate, lr_scale
+from fastdist.run.config import enum_value
+from fastdist.run.preparation import PreparedData, plan_steps
+from fastdist.run.watch import history_plan
+
+__all__ = ["Placement", "RunPlan", "plan_run"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process's workers sit: ``nodes`` MPI ranks (1 on one machine) of
+    ``workers`` each; this node runs global workers first_worker .. first_worker+W-1."""
+
+    nodes: int
+    node: int
+    workers: int
+    mpi: bool = False
+
+    @classmethod
+    def of(cls, comm, workers: int) -> Placement:
+        if comm is None:
+            return cls(1, 0, workers)
+        return cls(comm.Get_size(), comm.Get_rank(), workers, mpi=True)
+
+    @property
+    def total_workers(self) -> int:
+        return self.nodes * self.workers
+
+    @property
+    def first_worker(self) -> int:
+        return self.node * self.workers
+
+    def node_rows(self, shards: list[tuple[int, int]]) -> tuple[slice, tuple]:
+        """The training rows this node's arena holds (all of them on one machine) and
+        its workers' shards relative to them."""
+        mine = shards[self.first_worker : self.first_worker + self.workers]
+        start = mine[0][0] if self.mpi else 0
+        rows = slice(start, mine[-1][1] if self.mpi else None)
+        return rows, tuple((lo - start, hi - start) for lo, hi in mine)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The run's shape once the data are known."""
+
+    batch: int
+    total_steps: int
+    rates: LearningRate
+    rows: slice
+    shards: tuple
+    steps_per_epoch: int
+    history_every: int
+    eval_every: int  # history: steps between scores of the combined model (0 = never)
+    sync_eval_every: int | None  # accounting: snapshots after syncs (None = never)
+
+
+def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) -> RunPlan:
+    smallest = min(hi - lo for lo, hi in data.shards)
+    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
+    # One pure function of the global step: every worker computes the same rate.
+    scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
+    rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
+    rows, shards = place.node_rows(data.shards)
+    steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
+    sync_eval_every = None if cfg.eval_every is None else int(cfg.eval_every)
+    return RunPlan(
+        batch,
+        total_steps,
+        rates,
+        rows,
+        shards,
+        steps_per_epoch,
+        history_every,
+        eval_every,
+        sync_eval_every,
+    )
