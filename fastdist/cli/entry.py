@@ -41,6 +41,12 @@ def _run(module: str, prog: str) -> None:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: error: interrupted\n")
         raise SystemExit(130) from None
+    finally:
+        # The command has ended and said how; what remains is atexit cleanup (warm
+        # workers, segments) and interpreter teardown, which a late Ctrl-C or SIGTERM
+        # must neither cut short nor turn into a death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def fastdist() -> None:

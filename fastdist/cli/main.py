@@ -192,6 +192,12 @@ def main() -> None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
+        if _received:
+            # The signal came first; a library it interrupted (OmegaConf mid-merge, seen
+            # here) turned it into an error of its own: report the signal.
+            if signal.SIGTERM in _received:
+                raise _fail("terminated; workers stopped and shared memory released", 143) from None
+            raise _fail("interrupted; workers stopped and shared memory released", 130) from None
         if isinstance(exc, (HydraException, OmegaConfBaseException)) or _raised_by_hydra(exc):
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
             raise _fail(launcher_hint(str(exc)) or _compact(cause), 2) from None
