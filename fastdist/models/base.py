@@ -15,12 +15,13 @@ architecture: which axes may be permuted (alignment) and per-example gradients
 from __future__ import annotations
 
 import abc
+import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FlatLayout", "Kernel", "Model", "PermutationSpec", "BACKENDS"]
+__all__ = ["FlatLayout", "Kernel", "Model", "PermutationSpec", "BACKENDS", "kernel_from"]
 
 # The backends a kernel may be asked for; a model may implement any subset.
 BACKENDS = ("numba", "jax", "reference")
@@ -95,6 +96,17 @@ class PermutationSpec:
     def of_tensor(self, tensor: str) -> dict[int, str]:
         """axis -> permutation name, for every permuted axis of ``tensor``."""
         return {axis: p for p, pairs in self.perms for t, axis in pairs if t == tensor}
+
+
+def kernel_from(model, backend: str, max_batch: int, table: dict[str, str]):
+    """``table[backend]`` (``"module:Class"``) imported now, in the calling process, and
+    built for ``model``; an unsupported backend is a ConfigError naming the model."""
+    from fastdist.errors import ConfigError
+
+    if backend not in table:
+        raise ConfigError(f"model {model.name} has no kernel for backend {backend!r}")
+    module, _, cls = table[backend].partition(":")
+    return getattr(importlib.import_module(module), cls)(model, max_batch)
 
 
 class Kernel(Protocol):

@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from fastdist.errors import ConfigError
-from fastdist.models.base import FlatLayout, Model, PermutationSpec
+from fastdist.models.base import FlatLayout, Model, PermutationSpec, kernel_from
 
 __all__ = ["CNN", "ConvLayer", "cnn"]
 
@@ -153,16 +153,16 @@ class CNN(Model):
             w[...] = rng.uniform(-bound, bound, size=w.shape).astype(np.float32)
         return flat
 
+    # Kernels per backend, imported only in the process that asks (a Numba worker never
+    # imports JAX).
+    _KERNELS = {
+        "numba": "fastdist.models.kernels.numba_cnn:NumbaCNNKernel",
+        "jax": "fastdist.models.kernels.jax_cnn:JaxCNNKernel",
+        "reference": "fastdist.models.kernels.reference_cnn:ReferenceCNNKernel",
+    }
+
     def kernel(self, backend: str, max_batch: int):
-        if backend == "numba":
-            from fastdist.models.kernels.numba_cnn import NumbaCNNKernel as cls
-        elif backend == "jax":
-            from fastdist.models.kernels.jax_cnn import JaxCNNKernel as cls
-        elif backend == "reference":
-            from fastdist.models.kernels.reference_cnn import ReferenceCNNKernel as cls
-        else:
-            raise ConfigError(f"model cnn has no kernel for backend {backend!r}")
-        return cls(self, max_batch)
+        return kernel_from(self, backend, max_batch, self._KERNELS)
 
     def reference_loss_and_grad(self, params, x, y):
         from fastdist.models.kernels.reference_cnn import loss_and_grad

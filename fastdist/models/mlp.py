@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from fastdist.errors import ConfigError
-from fastdist.models.base import FlatLayout, Model, PermutationSpec
+from fastdist.models.base import FlatLayout, Model, PermutationSpec, kernel_from
 
 __all__ = ["MLP", "mlp"]
 
@@ -83,16 +83,16 @@ class MLP(Model):
             w[:] = rng.uniform(-bound, bound, size=w.shape).astype(np.float32)
         return flat
 
+    # Kernels per backend, imported only in the process that asks (a Numba worker never
+    # imports JAX).
+    _KERNELS = {
+        "numba": "fastdist.models.kernels.numba_mlp:NumbaKernel",
+        "jax": "fastdist.models.kernels.jax_mlp:JaxKernel",
+        "reference": "fastdist.models.kernels.reference_mlp:ReferenceKernel",
+    }
+
     def kernel(self, backend: str, max_batch: int):
-        if backend == "numba":
-            from fastdist.models.kernels.numba_mlp import NumbaKernel as cls
-        elif backend == "jax":
-            from fastdist.models.kernels.jax_mlp import JaxKernel as cls
-        elif backend == "reference":
-            from fastdist.models.kernels.reference_mlp import ReferenceKernel as cls
-        else:
-            raise ConfigError(f"model mlp has no kernel for backend {backend!r}")
-        return cls(self, max_batch)
+        return kernel_from(self, backend, max_batch, self._KERNELS)
 
     def reference_loss_and_grad(self, params, x, y):
         from fastdist.models.kernels.reference_mlp import loss_and_grad
