@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fastdist.models.kernels.numba_loss import softmax_cross_entropy
+
 __all__ = ["NumbaCNNKernel"]
 
 # im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
@@ -223,31 +225,9 @@ def _loss_and_grad(
     logits = _forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts)
     n_classes = dense[n_dense]
 
-    # Softmax cross-entropy: delta = (softmax - onehot) / batch.
+    # Softmax cross-entropy; delta = (softmax - onehot) / batch.
     delta = delta_a[: batch * n_classes].reshape((batch, n_classes))
-    loss = 0.0
-    correct = 0
-    for i in range(batch):
-        best = 0
-        top = logits[i, 0]
-        for j in range(1, n_classes):
-            if logits[i, j] > top:
-                top = logits[i, j]
-                best = j
-        if best == y[i]:
-            correct += 1
-        total = 0.0
-        for j in range(n_classes):
-            e = np.exp(logits[i, j] - top)
-            delta[i, j] = e
-            total += e
-        loss += np.log(total) - (logits[i, y[i]] - top)
-        inv = 1.0 / (total * batch)
-        for j in range(n_classes):
-            delta[i, j] *= inv
-        delta[i, y[i]] -= 1.0 / batch
-    if batch > 0:
-        loss /= batch
+    loss, correct = softmax_cross_entropy(logits, y, delta)
 
     # Dense layers, last first; the delta ends as d(loss)/d(flattened conv features).
     in_a = True  # which of delta_a / delta_b holds ``delta``
