@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
 from fastdist import __version__
 from fastdist.run.config import FastdistConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fastdist(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -55,8 +59,9 @@ def test_multirun_with_cfg_is_a_one_line_usage_error():
 
 @pytest.mark.parametrize("launcher", ["joblib", "slurm"])
 def test_a_launcher_without_its_extra_names_it(tmp_path, launcher):
-    # A regular package named hydra_plugins hides the installed plugins' namespace.
-    (tmp_path / "hydra_plugins").mkdir()
+    # A regular package named hydra_plugins hides the installed plugins' namespace;
+    # it holds only fastdist's own sweeper (what an install without extras has).
+    shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")
     (tmp_path / "hydra_plugins" / "__init__.py").write_text("")
     out = fastdist("-m", f"hydra/launcher={launcher}", env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 2

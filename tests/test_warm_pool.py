@@ -111,9 +111,57 @@ def test_a_multirun_reuses_its_workers_and_stops_them_at_the_end(tmp_path):
     )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
+    # Started while Hydra composed the three jobs' configs, then kept for the next two.
+    assert out.count("workers started while the sweep was being prepared") == 1, out
     assert out.count("workers kept warm from the previous job") == 2, out
     assert len(list((tmp_path / "m").rglob("metrics.json"))) == 3
     # the leak fixture checks that no worker and no segment outlived the sweep
+
+
+def test_a_sweep_that_fails_validation_stops_the_pool_it_started(tmp_path):
+    proc = _fastdist(
+        "-m",
+        *small_run("steps=3", "seed=0,1", "combiner=grad_avg,no_such_combiner"),
+        f"hydra.sweep.dir={tmp_path}/m",
+        cwd=tmp_path,
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "no_such_combiner" in out, out
+    assert not list((tmp_path / "m").rglob("metrics.json"))  # no job ran
+    # the leak fixture checks that the pool started ahead of the jobs is gone
+
+
+def _sweep_config(*overrides: str):
+    """The multirun's own config (what ``on_multirun_start`` gets), as Hydra composes it."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from fastdist.run.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("fastdist.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return loader.load_configuration("config", list(overrides), RunMode.MULTIRUN)
+
+
+def test_a_sweep_starts_its_pool_early_only_when_every_job_shares_it():
+    from fastdist.run.pool_cache import _pool_for_sweep
+
+    wanted = _pool_for_sweep(_sweep_config("workers=3", "seed=0,1,2"))
+    assert wanted is not None and wanted[:2] == (3, "numba")
+    for swept in (
+        "workers=1,2",
+        "backend=numba,reference",
+        "backend.threads=1,2",
+        "experiment=w1,w2",
+        "pool.reuse=false",
+        "dist=mpi",
+    ):
+        assert _pool_for_sweep(_sweep_config(swept, "seed=0,1")) is None, swept
+    parallel = _sweep_config("hydra/launcher=joblib", "seed=0,1")
+    assert _pool_for_sweep(parallel) is None
 
 
 def test_ctrl_c_during_a_warm_job_stops_everything(tmp_path):

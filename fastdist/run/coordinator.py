@@ -29,7 +29,7 @@ from fastdist.run.combine import combine_model, describe_model, gather_training,
 from fastdist.run.config import checkpointing, enum_value, validate
 from fastdist.run.distributed import world
 from fastdist.run.placement import Placement, plan_run
-from fastdist.run.pool_cache import reuse_requested
+from fastdist.run.pool_cache import pool_options, reuse_requested
 from fastdist.run.preparation import prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.records import build_combiner, build_model, build_optimizer, build_schedule
@@ -218,7 +218,7 @@ def _supervised(cfg, arena, spec: WorkerSpec, progress, comm, saving: _Saving, m
             progress,
             policy=enum_value(cfg.on_worker_failure),
             max_respawns=int(cfg.max_respawns),
-            pool_options=_pool_options(cfg, spec.backend),
+            pool_options=pool_options(cfg, spec.backend),
             comm=comm,
             checkpoint_path=saving.path,
             digest=saving.digest,
@@ -256,23 +256,6 @@ def _mpi_world(cfg, combiner: Combiner):
     if cfg.checkpoint.every is not None or cfg.resume:
         raise ConfigError("checkpoint/resume is not supported with dist=mpi yet")
     return world()
-
-
-def _pool_options(cfg, backend: str) -> dict:
-    """How the pool starts its workers: threads, CPUs, and the backend's environment
-    (set before the worker's imports)."""
-    threads = int(cfg.backend.threads)
-    env = {}
-    if backend == "jax":
-        from fastdist.models.kernels.jax_mlp import configure_jax_threads
-
-        env = configure_jax_threads(threads, _backend_options(cfg)["compilation_cache"])
-    return {
-        "threads": threads,
-        "extra_env": env,
-        "pin_cpus": bool(cfg.backend.pin_cpus),
-        "worker_timeout": cfg.get("worker_timeout"),
-    }
 
 
 def _backend_options(cfg) -> dict:

@@ -8,9 +8,15 @@ Everything that makes a run a run stays per job: the arena (created and unlinked
 the coordinator for each job, and attached by the workers for that job only), seeds,
 failure policy, metrics.
 
+A sequential multirun starts its pool ahead of its first job (:class:`SweepWarmPool`'s
+``on_multirun_start``): Hydra then spends a while composing and validating every job's
+config, and the workers' interpreters start and import meanwhile. That happens only
+when the sweep keeps one pool for all its jobs (nothing that shapes the pool is swept,
+the launcher runs jobs in this process, ``pool.reuse`` is not false, ``dist=local``).
+
 A job that fails in any way (an error, a worker's death, a tolerated failure under
 ``on_worker_failure=continue``, Ctrl-C) shuts the pool down; the next job starts fresh.
-The last pool is shut down when the sweep ends (:class:`ShutdownWarmPool`, a Hydra
+The last pool is shut down when the sweep ends (:class:`SweepWarmPool`, a Hydra
 callback), and in any case when the process exits (atexit).
 
 ``pool.reuse``: true/false, or null (the default) for "true in a multirun, false for a
@@ -31,7 +37,14 @@ from hydra.experimental.callback import Callback
 
 from fastdist.engine.warm_pool import WarmPool
 
-__all__ = ["ShutdownWarmPool", "job_pool", "reuse_requested", "shutdown_warm_pool", "warm_pool"]
+__all__ = [
+    "SweepWarmPool",
+    "job_pool",
+    "pool_options",
+    "reuse_requested",
+    "shutdown_warm_pool",
+    "warm_pool",
+]
 
 log = logging.getLogger("fastdist")
 
@@ -69,8 +82,69 @@ def shutdown_warm_pool() -> None:
         pool.shutdown()
 
 
-class ShutdownWarmPool(Callback):
-    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): the sweep is over."""
+def pool_options(cfg, backend: str) -> dict:
+    """How a run's pool starts its workers: threads, CPUs, and the backend's environment
+    (set before the worker's imports)."""
+    threads = int(cfg.backend.threads)
+    env = {}
+    if backend == "jax":
+        from fastdist.models.kernels.jax_mlp import configure_jax_threads
+
+        cache = cfg.backend.compilation_cache
+        env = configure_jax_threads(threads, None if cache is None else str(cache))
+    return {
+        "threads": threads,
+        "extra_env": env,
+        "pin_cpus": bool(cfg.backend.pin_cpus),
+        "worker_timeout": cfg.get("worker_timeout"),
+    }
+
+
+# Settings that shape a pool: if a sweep varies one, its jobs do not share one pool.
+_POOL_KEYS = ("workers", "backend", "pool", "dist", "experiment", "worker_timeout")
+_BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def _sweeps_the_pool(config) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = [
+        o.get_key_element()
+        for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        if o.is_sweep_override()
+    ]
+    swept += list((config.hydra.sweeper.get("params") or {}).keys())
+    return any(key.lstrip("+~").split(".")[0].split("@")[0] in _POOL_KEYS for key in swept)
+
+
+def _pool_for_sweep(config) -> tuple[int, str, dict] | None:
+    """The pool every job of this multirun will ask for, if they all ask for one."""
+    from fastdist.run.config import enum_value
+
+    if config.hydra.launcher.get("_target_") != _BASIC_LAUNCHER:
+        return None  # jobs run in other processes (joblib, submitit)
+    if config.pool.reuse is False or enum_value(config.dist) != "local":
+        return None
+    if _sweeps_the_pool(config):
+        return None
+    backend = enum_value(config.backend.name)
+    return int(config.workers), backend, pool_options(config, backend)
+
+
+class SweepWarmPool(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): start the sweep's pool
+    while Hydra prepares the jobs, and stop it when the sweep is over."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        try:
+            wanted = _pool_for_sweep(config)
+        except Exception:  # a config the first job will reject with a clear error
+            return
+        if wanted is not None:
+            global _warm
+            candidate = _new_pool(*wanted)
+            with _lock:
+                _warm = candidate
 
     def on_multirun_end(self, config, **kwargs) -> None:
         shutdown_warm_pool()
@@ -82,17 +156,9 @@ def _environment_key() -> tuple:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("FASTDIST_")))
 
 
-def _acquire(workers: int, backend: str, pool_options: dict) -> WarmPool:
-    global _warm, _atexit_registered
-    extra_key = (backend, _environment_key())
-    with _lock:
-        kept, _warm = _warm, None
-    if kept is not None:
-        if kept.key == WarmPool.key_for(workers, extra_key, **pool_options) and kept.alive():
-            log.info("workers kept warm from the previous job (%d before)", kept.jobs_run)
-            return kept
-        kept.shutdown()
-    candidate = WarmPool(workers, extra_key=extra_key, **pool_options)
+def _new_pool(workers: int, backend: str, options: dict) -> WarmPool:
+    global _atexit_registered
+    candidate = WarmPool(workers, extra_key=(backend, _environment_key()), **options)
     try:
         candidate.start()
     except BaseException:
@@ -102,6 +168,22 @@ def _acquire(workers: int, backend: str, pool_options: dict) -> WarmPool:
         atexit.register(shutdown_warm_pool)
         _atexit_registered = True
     return candidate
+
+
+def _acquire(workers: int, backend: str, options: dict) -> WarmPool:
+    global _warm
+    extra_key = (backend, _environment_key())
+    with _lock:
+        kept, _warm = _warm, None
+    if kept is not None:
+        if kept.key == WarmPool.key_for(workers, extra_key, **options) and kept.alive():
+            if kept.jobs_run:
+                log.info("workers kept warm from the previous job (%d before)", kept.jobs_run)
+            else:
+                log.info("workers started while the sweep was being prepared")
+            return kept
+        kept.shutdown()
+    return _new_pool(workers, backend, options)
 
 
 class _WarmJob:

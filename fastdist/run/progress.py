@@ -114,7 +114,7 @@ def _clock(seconds: float) -> str:
 
 
 class LineDisplay:
-    """Plain log lines: "compiling kernels", then one line per tenth of the run."""
+    """Plain log lines: "starting workers", then one line per tenth of the run."""
 
     def __init__(self, total_steps: int, prefix: str = "", parts: int = 10) -> None:
         self.total, self.prefix, self.parts = total_steps, prefix, parts
@@ -126,7 +126,9 @@ class LineDisplay:
         self._t0 = time.monotonic()
         self._first_step = start_step
         self._next = start_step * self.parts // max(self.total, 1) + 1
-        log.info("%scompiling kernels (the first run on this machine; cached after)", self.prefix)
+        # Kernels compile only on a machine's first run (or after a change); later runs
+        # load them from the cache, and a warm pool has them loaded already.
+        log.info("%sstarting workers", self.prefix)
 
     def ready(self) -> None:
         self._ready_at = time.monotonic()
@@ -179,7 +181,7 @@ class BarDisplay:
         self._bar = tqdm(
             total=self.total,
             initial=start_step,
-            desc="compiling kernels",
+            desc="starting workers",
             unit="step",
             file=self.stream,
             dynamic_ncols=True,
