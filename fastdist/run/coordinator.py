@@ -169,7 +169,11 @@ class _Saving:
 
     @property
     def spec_fields(self) -> dict:
-        return {"checkpoint_every": self.every, "checkpoint_path": self.path}
+        return {
+            "checkpoint_every": self.every,
+            "checkpoint_path": self.path,
+            "config_hash": self.digest,
+        }
 
 
 def _check_files(cfg) -> _Saving:
@@ -198,7 +202,6 @@ def _worker_spec(cfg, arena, model, optimizer, combiner, backend, place, plan) -
         seed=int(cfg.seed),
         threads=int(cfg.backend.threads),
         backend_options=_backend_options(cfg),
-        config_hash=config_hash(cfg),
         hierarchical=place.mpi,
         rank_offset=place.first_worker,
         history_every=plan.history_every,
