@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=Path, help="another checkout to compare with")
     parser.add_argument("--experiment", nargs="+", help="overrides of another multirun")
     parser.add_argument("--no-single", action="store_true", help="skip the single runs")
+    parser.add_argument("--no-cold", action="store_true", help="skip pool.reuse=false")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     contenders: dict[str, tuple[Path, list[str]]] = {}
     if args.base:
         contenders["base"] = (args.base.resolve(), sweep)
-    contenders["cold"] = (ROOT, [*sweep, "pool.reuse=false"])
+    if not args.no_cold:
+        contenders["cold"] = (ROOT, [*sweep, "pool.reuse=false"])
     contenders["warm"] = (ROOT, [*sweep, "pool.reuse=true"])
     singles = {}
     if not args.no_single:
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in singles:
         print(f"{name:12} {'1':>5} {_median(results[name], 'wall'):8.2f}")
     warm = _median(results["warm"], "wall")
-    print(f"cold/warm sweep wall: {_median(results['cold'], 'wall') / warm:.2f}x")
+    if "cold" in results:
+        print(f"cold/warm sweep wall: {_median(results['cold'], 'wall') / warm:.2f}x")
     if args.base:
         print(f"base/warm sweep wall: {_median(results['base'], 'wall') / warm:.2f}x")
         if singles:
