@@ -168,9 +168,6 @@ def _compose(*overrides: str):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from fastdist.run.config import register_configs
-
-    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("fastdist.conf", version_base="1.3"):

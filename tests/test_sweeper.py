@@ -9,7 +9,7 @@ import pickle
 import subprocess
 import sys
 
-from hydra_plugins.fastdist_sweeper.compose_once import _ComposedOnce
+from hydra_plugins.fastdist_hydra.compose_once import _ComposedOnce
 from tests.conftest import small_run
 
 

@@ -137,9 +137,6 @@ def _sweep_config(*overrides: str):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from fastdist.run.config import register_configs
-
-    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("fastdist.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()

@@ -19,13 +19,11 @@ from omegaconf import DictConfig
 
 from fastdist.cli.help import launcher_hint, quiet_broken_pipe, usage_error
 from fastdist.errors import FastdistError
-from fastdist.run.config import register_configs
 from fastdist.run.launchers import check_sweep_fits
 
 __all__ = ["main", "write_metrics"]
 
 log = logging.getLogger("fastdist")
-register_configs()
 
 
 class _Terminated(KeyboardInterrupt):

@@ -19,7 +19,6 @@ import typing
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from fastdist.conf import RECORD_GROUPS, registered
@@ -44,7 +43,8 @@ __all__ = [
     "LrScaling",
     "compose",
     "record_schema",
-    "register_configs",
+    "schema_class",
+    "schema_options",
 ]
 
 
@@ -181,16 +181,33 @@ def record_schema(target: str) -> type:
     return make_dataclass(f"{attr}_schema", fields)
 
 
-def register_configs() -> None:
-    """Put the top-level schema and every group's schema into Hydra's ConfigStore."""
-    store = ConfigStore.instance()
-    store.store(name="fastdist_schema", node=FastdistConfig)
-    store.store(group="schema/logger", name="logger", node=LoggerConfig)
-    for name, (schema, _) in DATASETS.items():
-        store.store(group="schema/dataset", name=name, node=schema)
+def schema_options() -> dict[str, tuple[str, ...]]:
+    """The typed schemas fastdist gives Hydra, by config group (``""``: top level).
+
+    Served by ``hydra_plugins/fastdist_hydra/schemas.py`` (``fastdist://`` on the search
+    path), which builds each with :func:`schema_class` when a composition first needs it.
+    """
+    options = {
+        "": ("fastdist_schema",),
+        "schema/logger": ("logger",),
+        "schema/dataset": tuple(DATASETS),
+    }
     for group in RECORD_GROUPS:
-        for name, target in registered(group).items():
-            store.store(group=f"schema/{group}", name=name, node=record_schema(target))
+        options[f"schema/{group}"] = tuple(registered(group))
+    return options
+
+
+def schema_class(path: str) -> type:
+    """The dataclass behind the schema ``path`` (``fastdist_schema`` or
+    ``schema/<group>/<name>``)."""
+    if path == "fastdist_schema":
+        return FastdistConfig
+    _, group, name = path.split("/")
+    if group == "logger":
+        return LoggerConfig
+    if group == "dataset":
+        return DATASETS[name][0]
+    return record_schema(registered(group)[name])
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()):
@@ -202,7 +219,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()):
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("fastdist.conf", version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))

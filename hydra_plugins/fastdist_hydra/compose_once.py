@@ -32,7 +32,7 @@ __all__ = ["ComposeOnceSweeper", "ComposeOnceSweeperConf"]
 
 @dataclass
 class ComposeOnceSweeperConf:
-    _target_: str = "hydra_plugins.fastdist_sweeper.compose_once.ComposeOnceSweeper"
+    _target_: str = "hydra_plugins.fastdist_hydra.compose_once.ComposeOnceSweeper"
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
 
