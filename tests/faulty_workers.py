@@ -31,3 +31,10 @@ def finish(ctx, value):
     ctx.send("progress", value)
     ctx.barrier.wait()
     ctx.send("done", value * 10 + ctx.rank)
+
+
+def report_loaded(ctx, names):
+    """Which of ``names`` this worker had imported before the job arrived."""
+    import sys
+
+    ctx.send("done", sorted(name for name in names if name in sys.modules))

@@ -44,3 +44,16 @@ def test_a_failing_worker_fails_the_pool_fast(target, message):
 def test_zero_workers_is_refused():
     with pytest.raises(ValueError, match="at least one worker"):
         WorkerPool(0, faulty_workers.finish)
+
+
+def test_a_warm_pool_imports_what_its_jobs_need_as_it_starts():
+    from fastdist.engine.warm_pool import WarmPool
+
+    # colorsys: in the standard library, imported by nothing fastdist loads.
+    pool = WarmPool(2, preload=("colorsys",))
+    try:
+        pool.start()
+        loaded = pool.run(faulty_workers.report_loaded, (["colorsys", "wave"],))
+    finally:
+        pool.shutdown()
+    assert loaded == {0: ["colorsys"], 1: ["colorsys"]}

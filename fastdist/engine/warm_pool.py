@@ -20,6 +20,7 @@ whole CLI (Hydra, OmegaConf) into every worker.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing as mp
 import os
 import pickle
@@ -34,13 +35,17 @@ from fastdist.errors import WorkerError
 __all__ = ["WarmPool", "serve_jobs", "main_module_hidden"]
 
 
-def serve_jobs(ctx, inboxes: tuple) -> None:
-    """A warm worker's life: run each job received on its own inbox until ``None``
-    (or the coordinator's end of the pipe closes)."""
+def serve_jobs(ctx, inboxes: tuple, preload: tuple[str, ...] = ()) -> None:
+    """A warm worker's life: import ``preload``, then run each job received on its own
+    inbox until ``None`` (or the coordinator's end of the pipe closes)."""
     inbox = inboxes[ctx.rank]
     for other in inboxes:
         if other is not inbox:
             other.close()  # the other workers' inboxes are theirs
+    for module in preload:
+        # What the jobs will import anyway, imported before the first one arrives: a
+        # pool started ahead of its jobs does it while the coordinator prepares them.
+        importlib.import_module(module)
     while True:
         try:
             job = inbox.recv()
@@ -100,15 +105,19 @@ class WarmPool:
 
     ``pool_options`` are :class:`WorkerPool`'s (threads, extra_env, pin_cpus); they are
     fixed for the pool's life, so :attr:`key` (with ``n_workers`` and any ``extra_key``)
-    tells whether a job may run here.
+    tells whether a job may run here. Each worker imports the modules named in
+    ``preload`` as soon as it starts.
     """
 
-    def __init__(self, n_workers: int, extra_key: Any = None, **pool_options) -> None:
+    def __init__(
+        self, n_workers: int, extra_key: Any = None, preload: tuple[str, ...] = (), **pool_options
+    ) -> None:
         ctx = mp.get_context("spawn")
         pipes = [ctx.Pipe(duplex=False) for _ in range(n_workers)]
         self._readers = tuple(reader for reader, _ in pipes)
         self._writers = [writer for _, writer in pipes]
-        self._pool = WorkerPool(n_workers, serve_jobs, (self._readers,), **pool_options)
+        self._payload = (self._readers, tuple(preload))
+        self._pool = WorkerPool(n_workers, serve_jobs, self._payload, **pool_options)
         self.n_workers = n_workers
         self.key = self.key_for(n_workers, extra_key, **pool_options)
         self.jobs_run = 0
@@ -130,7 +139,7 @@ class WarmPool:
         return self._started and len(procs) == self.n_workers and all(p.is_alive() for p in procs)
 
     def start(self) -> None:
-        with main_module_hidden((serve_jobs, self._readers)):
+        with main_module_hidden((serve_jobs, self._payload)):
             self._pool.start()
         self._started = True
         for reader in self._readers:

@@ -156,9 +156,17 @@ def _environment_key() -> tuple:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("FASTDIST_")))
 
 
+def _preload(backend: str) -> tuple[str, ...]:
+    """What every job's workers import (the worker loop, and JAX for its backend), for a
+    pool to import as it starts."""
+    return ("fastdist.run.worker", "jax") if backend == "jax" else ("fastdist.run.worker",)
+
+
 def _new_pool(workers: int, backend: str, options: dict) -> WarmPool:
     global _atexit_registered
-    candidate = WarmPool(workers, extra_key=(backend, _environment_key()), **options)
+    candidate = WarmPool(
+        workers, extra_key=(backend, _environment_key()), preload=_preload(backend), **options
+    )
     try:
         candidate.start()
     except BaseException:
