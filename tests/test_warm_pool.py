@@ -161,6 +161,15 @@ def test_a_sweep_starts_its_pool_early_only_when_every_job_shares_it():
     assert _pool_for_sweep(parallel) is None
 
 
+def test_a_sweep_the_first_job_refuses_starts_no_workers(tmp_path):
+    proc = _fastdist(
+        "-m", *small_run("workers=0", "seed=0,1"), f"hydra.sweep.dir={tmp_path}/m", cwd=tmp_path
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "workers must be >= 1, got 0" in out and "Traceback" not in out
+
+
 def test_ctrl_c_during_a_warm_job_stops_everything(tmp_path):
     proc = _fastdist(
         "-m",

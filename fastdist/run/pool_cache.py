@@ -119,7 +119,7 @@ def _sweeps_the_pool(config) -> bool:
 
 def _pool_for_sweep(config) -> tuple[int, str, dict] | None:
     """The pool every job of this multirun will ask for, if they all ask for one."""
-    from fastdist.run.config import enum_value
+    from fastdist.run.config import enum_value, validate
 
     if config.hydra.launcher.get("_target_") != _BASIC_LAUNCHER:
         return None  # jobs run in other processes (joblib, submitit)
@@ -127,6 +127,7 @@ def _pool_for_sweep(config) -> tuple[int, str, dict] | None:
         return None
     if _sweeps_the_pool(config):
         return None
+    validate(config)  # no workers for a config the first job will refuse (workers=0, ...)
     backend = enum_value(config.backend.name)
     return int(config.workers), backend, pool_options(config, backend)
 
@@ -136,15 +137,15 @@ class SweepWarmPool(Callback):
     while Hydra prepares the jobs, and stop it when the sweep is over."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        global _warm
         try:
             wanted = _pool_for_sweep(config)
-        except Exception:  # a config the first job will reject with a clear error
+            candidate = _new_pool(*wanted) if wanted is not None else None
+        except Exception as exc:  # the first job meets it again and says what is wrong
+            log.debug("no pool started ahead of the sweep: %s", exc)
             return
-        if wanted is not None:
-            global _warm
-            candidate = _new_pool(*wanted)
-            with _lock:
-                _warm = candidate
+        with _lock:
+            _warm = candidate
 
     def on_multirun_end(self, config, **kwargs) -> None:
         shutdown_warm_pool()
