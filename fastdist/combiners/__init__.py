@@ -22,12 +22,15 @@ from fastdist.combiners.base import (
     require_shared,
 )
 
+# Imported now: each shares its name with its module, and a module imported later
+# would otherwise shadow the factory (``from fastdist.combiners import ensemble``).
+from fastdist.combiners.ensemble import ensemble
+from fastdist.combiners.hogwild import hogwild
+
 _FACTORIES = {
     "aligned_avg": "fastdist.combiners.alignment",
-    "ensemble": "fastdist.combiners.ensemble",
     "fisher_avg": "fastdist.combiners.fisher",
     "grad_avg": "fastdist.combiners.averaging",
-    "hogwild": "fastdist.combiners.hogwild",
     "local_sgd": "fastdist.combiners.averaging",
     "soup_greedy": "fastdist.combiners.soups",
     "soup_uniform": "fastdist.combiners.soups",
@@ -44,6 +47,8 @@ __all__ = [
     "check_init",
     "require_shared",
     # the built-in factories, for use from Python
+    "ensemble",
+    "hogwild",
     *sorted(_FACTORIES),
 ]
 
