@@ -190,3 +190,24 @@ def test_workers_open_the_file_itself_and_read_ahead(npy_files):
     with memory, open_rows(memory.rows_spec(slice(100, 200))) as (_, _, rows, prefetch):
         assert prefetch is None  # shared memory: nothing to read ahead
         np.testing.assert_array_equal(rows, memory.rows[100:200])
+
+
+def test_warm_workers_open_each_jobs_rows(npy_files):
+    """A warm pool's workers get the rows with each job: an npy job after an in-memory
+    one (and back) on the same workers equals fresh workers, bit for bit."""
+    from fastdist.run.pool_cache import shutdown_warm_pool, warm_pool
+
+    jobs = [
+        small_run("steps=12", "seed=1"),
+        _npy_run(npy_files, "steps=12", "seed=1"),
+        _npy_run(npy_files, "steps=12", "seed=2", "combiner=local_sgd"),
+    ]
+    try:
+        warm = [fastdist.train(fastdist.compose([*job, "pool.reuse=true"])) for job in jobs]
+        assert warm_pool() is not None and warm_pool().jobs_run == len(jobs)
+    finally:
+        shutdown_warm_pool()
+    for job, hot in zip(jobs, warm):
+        cold = fastdist.train(fastdist.compose([*job, "pool.reuse=false"]))
+        np.testing.assert_array_equal(hot.worker_params, cold.worker_params)
+    np.testing.assert_array_equal(warm[0].worker_params, warm[1].worker_params)
