@@ -137,7 +137,7 @@ def _run(argv: list[str], cgroup: Path | None, env: dict | None = None) -> str:
     return proc.stdout
 
 
-def train(steps: int, files: dict | None, cgroup: Path | None) -> dict:
+def train(steps: int, files: dict | None, cgroup: Path | None, seed: int = 0) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
         # W1's settings, spelled out: experiment=w1 also sets the synthetic dataset's
@@ -152,7 +152,9 @@ def train(steps: int, files: dict | None, cgroup: Path | None) -> dict:
         else:
             argv += ["dataset=synthetic", "dataset.n_train=16384", "dataset.n_test=2048"]
             argv += [f"dataset.n_features={FEATURES}", f"dataset.n_classes={CLASSES}"]
-        argv += [f"steps={steps}", "diagnostics=false", f"hydra.run.dir={tmp}"]
+        # Each round its own seed (both kinds): another shuffle, so an npy run reads
+        # rows the previous rounds did not bring into the page cache.
+        argv += [f"steps={steps}", f"seed={seed}", "diagnostics=false", f"hydra.run.dir={tmp}"]
         probe = Path(tmp) if files is None else files["paths"]["x_train"]
         io_before, start = _disk_read_bytes(probe), time.perf_counter()
         _run(argv, cgroup, env)
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             for kind in ("npy", "memory"):
                 say(f"round {r + 1}/{args.rounds}: W1 2 workers, {kind}, {args.steps} steps")
-                result = train(args.steps, files if kind == "npy" else None, cgroup)
+                result = train(args.steps, files if kind == "npy" else None, cgroup, seed=r)
                 samples[kind].append(result)
                 extra = ""
                 if "disk_read_gb" in result:
