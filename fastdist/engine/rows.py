@@ -51,11 +51,24 @@ class ArrayRef:
             if 0 in self.shape:  # np.memmap refuses an empty map
                 return np.empty(self.shape, self.dtype), None
             array = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, order="C")
+            _random_access(array)
             return array, None
         assert self.segment is not None
         arrays = {"a": (self.offset, self.shape, self.dtype)}
         arena = SharedArena.attach(ArenaSpec(self.segment.name, self.segment.size, arrays))
         return arena["a"], arena
+
+
+def _random_access(array: np.memmap) -> None:
+    """Tell the kernel this map is read in random order (``MADV_RANDOM``).
+
+    A worker reads scattered rows of a few KB; with the default advice every page fault
+    also reads ahead a window of the file around it (tens of times the row), which on a
+    file larger than the memory evicts rows before they are used. The rows a worker
+    needs next are asked for exactly (:class:`Prefetch`)."""
+    raw = getattr(array, "_mmap", None)
+    if raw is not None and hasattr(mmap, "MADV_RANDOM"):
+        raw.madvise(mmap.MADV_RANDOM)
 
 
 @dataclass(frozen=True)
