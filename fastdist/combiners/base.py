@@ -101,7 +101,10 @@ class FinalizeInputs:
     worker_params: np.ndarray  # (rows, P): one row per worker, or one shared row
     model: Model
     samples_seen: np.ndarray  # (workers,) training samples each worker processed
-    # Each worker's training shard (x, y), for data-dependent combiners (Fisher).
+    # Each worker's training shard (x, y), for data-dependent combiners (Fisher). The
+    # run passes row views (run.preparation.ShardRows) that gather only the rows read:
+    # len(), .shape, .dtype, x[index_array] and np.asarray(x) (the whole shard) work as
+    # on arrays; other array methods need np.asarray first.
     shards: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
     # A validation split carved from the training data (never the test set), for
     # combiners that select or weight members by held-out accuracy (greedy soup).

@@ -43,12 +43,24 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np
         )
 
 
-def check_dataset(data: Dataset, source: str) -> None:
+def _first_non_finite(x: np.ndarray) -> int | None:
+    """The first row of ``x`` holding NaN or an infinity, or None. Checked in blocks of
+    about 64 MB, so a memory-mapped file larger than RAM is read once, never held."""
+    step = max(1, (64 << 20) // max(1, x.strides[0]))
+    for lo in range(0, x.shape[0], step):
+        block = np.isfinite(x[lo : lo + step]).all(axis=1)
+        if not block.all():
+            return lo + int(np.flatnonzero(~block)[0])
+    return None
+
+
+def check_dataset(data: Dataset, source: str, finite: bool = True) -> None:
     """Refuse (ConfigError, one line naming ``source``) arrays that training cannot use
     safely: shapes that disagree, an empty split, no features, non-finite values, a
     wrong dtype, or labels outside [0, n_classes) (a compiled kernel would index out of
     bounds with them). Every loader's output passes here, caches included, before any
-    worker starts."""
+    worker starts. ``finite=False`` skips the one check that reads every value
+    (``dataset=npy dataset.check_finite=false``, for files validated before)."""
     from fastdist.errors import ConfigError
 
     def need(ok, message: str) -> None:
@@ -68,7 +80,8 @@ def check_dataset(data: Dataset, source: str) -> None:
         need(x.dtype == np.float32, f"{split} features must be float32, got {x.dtype}")
         need(y.dtype.kind in "iu", f"{split} labels must be integers, got {y.dtype}")
         need(x.shape[1] > 0, f"{split} rows have no features")
-        need(bool(np.isfinite(x).all()), f"{split} features contain NaN or infinite values")
+        bad = _first_non_finite(x) if finite and x.ndim == 2 else None
+        need(bad is None, f"{split} features contain NaN or infinite values (row {bad})")
         low, high = int(y.min()), int(y.max())
         need(
             low >= 0 and high < data.n_classes,

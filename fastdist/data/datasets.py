@@ -1,7 +1,10 @@
 """Datasets as float32 feature matrices with int32 labels, and their sharding.
 
-Loaders return a :class:`Dataset` held in the coordinator's memory only long enough to
-copy it once into the shared arena; workers then read their shard as a view.
+Loaders return a :class:`Dataset`. A loader marked ``in_place`` (synthetic) takes the
+run's :class:`~fastdist.engine.rows.RowStore` and writes its rows straight into shared
+memory, so the training set exists once; ``dataset=npy`` maps its files (shared through
+the page cache); the others return private arrays, which the run copies into the store
+once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 
 from fastdist.data.base import Dataset, check_dataset, standardize
 from fastdist.data.files import load_idx_or_npz, load_mnist1d
+from fastdist.data.npy_files import NpyConfig, load_npy
 from fastdist.errors import ConfigError
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "FashionMnistConfig",
     "Mnist1dConfig",
     "MnistConfig",
+    "NpyConfig",
     "SyntheticConfig",
     "check_dataset_config",
     "clear_dataset_cache",
@@ -36,27 +41,37 @@ __all__ = [
 
 
 def make_synthetic(
-    n_samples: int, n_features: int, n_classes: int, seed: int, separation: float = 3.0
+    n_samples: int,
+    n_features: int,
+    n_classes: int,
+    seed: int,
+    separation: float = 3.0,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded Gaussian-mixture classification problem of any size.
 
     Each class has a random unit-variance centre at ``separation`` standard deviations
-    scale; rows are generated in chunks so gigabyte-sized sets do not need a float64 copy.
+    scale. Rows are drawn straight into ``out`` (a new array if None) in chunks, and the
+    centres added in small blocks, so a gigabyte-sized set needs no temporary copy of
+    itself; the values do not depend on ``out``.
     """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_classes, n_features)).astype(np.float32)
     centres *= separation / np.sqrt(n_features)
     y = rng.integers(0, n_classes, size=n_samples).astype(np.int32)
-    x = np.empty((n_samples, n_features), dtype=np.float32)
-    chunk = 65536
+    x = np.empty((n_samples, n_features), dtype=np.float32) if out is None else out
+    chunk, block = 65536, 4096
     for lo in range(0, n_samples, chunk):
         hi = min(lo + chunk, n_samples)
-        x[lo:hi] = rng.standard_normal((hi - lo, n_features), dtype=np.float32)
-        x[lo:hi] += centres[y[lo:hi]]
+        # The same draws, at the same stream position, as standard_normal(size=...),
+        # written where they belong instead of into a temporary.
+        rng.standard_normal(dtype=np.float32, out=x[lo:hi])
+        for b in range(lo, hi, block):
+            x[b : min(b + block, hi)] += centres[y[b : min(b + block, hi)]]
     return x, y
 
 
-def _synthetic(cfg) -> Dataset:
+def _synthetic(cfg, store=None) -> Dataset:
     n_train, n_test = int(cfg.n_train), int(cfg.n_test)
     if n_train < 1 or n_test < 1:
         raise ConfigError(f"dataset sizes must be positive, got n_train={n_train} n_test={n_test}")
@@ -66,11 +81,17 @@ def _synthetic(cfg) -> Dataset:
         raise ConfigError(
             f"dataset.sample_shape {list(shape)} must hold n_features={cfg.n_features}"
         )
-    x, y = make_synthetic(n_train + n_test, int(cfg.n_features), int(cfg.n_classes), int(cfg.seed))
-    # The test split is copied out so that the big generated block can be freed once the
-    # training rows have moved into shared memory.
+    rows = (n_train + n_test, int(cfg.n_features))
+    out = None if store is None else store.empty(rows, np.float32)
+    x, y = make_synthetic(*rows, int(cfg.n_classes), int(cfg.seed), out=out)
+    # The test split is copied out (small): the coordinator evaluates on it after the
+    # shared training rows are gone, and a private block can then be freed whole.
     x_test, y_test = x[n_train:].copy(), y[n_train:].copy()
     return Dataset("synthetic", x[:n_train], y[:n_train], x_test, y_test, int(cfg.n_classes), shape)
+
+
+# Generates into the run's RowStore when given one (see load_dataset).
+_synthetic.in_place = True
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +195,7 @@ DATASETS: dict[str, tuple[type, Callable]] = {
     "mnist1d": (Mnist1dConfig, load_mnist1d),
     "mnist": (MnistConfig, _local_files("mnist")),
     "fashion_mnist": (FashionMnistConfig, _local_files("fashion_mnist")),
+    "npy": (NpyConfig, load_npy),
 }
 
 
@@ -185,10 +207,10 @@ def check_dataset_config(cfg) -> None:
     minimum = {"n_train": 1, "n_test": 1, "n_features": 1, "n_classes": 2, "seed": 0}
     minimum["split_seed"] = 0
     for key, low in minimum.items():
-        if key in cfg and int(cfg[key]) < low:
+        if key in cfg and cfg[key] is not None and int(cfg[key]) < low:
             raise ConfigError(f"dataset.{key} must be >= {low}, got {cfg[key]}")
     for key in ("seed", "split_seed"):  # NumPy's seeds: 32-bit unsigned
-        if key in cfg and int(cfg[key]) >= 2**32:
+        if key in cfg and cfg[key] is not None and int(cfg[key]) >= 2**32:
             raise ConfigError(f"dataset.{key} must be < 2**32, got {cfg[key]}")
     if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
@@ -203,12 +225,14 @@ def expected_bytes(cfg) -> int | None:
     return rows * (int(cfg.n_features) * 4 + 4)
 
 
-def load_dataset(cfg) -> Dataset:
+def load_dataset(cfg, store=None) -> Dataset:
     """Load the dataset a ``dataset`` config node names, and check what came back.
 
     Kept per process for the next job with the same settings (a sweep's jobs load
     their data set once): callers must not write into the returned arrays (fastdist
-    copies or replaces them, never writes).
+    copies or replaces them, never writes). With a shared ``store``, a loader that can
+    (synthetic) generates its rows straight into it instead; those are not kept, since
+    the store's segments end with the run (the next job generates them again).
     """
     check_dataset_config(cfg)
     key = _cache_key(cfg)
@@ -216,11 +240,16 @@ def load_dataset(cfg) -> Dataset:
         if cached_key == key:
             _loaded.insert(0, _loaded.pop(i))
             return dataset
-    dataset = DATASETS[str(cfg.name)][1](cfg)
+    loader = DATASETS[str(cfg.name)][1]
+    in_place = store is not None and store.shared and getattr(loader, "in_place", False)
+    dataset = loader(cfg, store=store) if in_place else loader(cfg)
     path = cfg.get("path") if hasattr(cfg, "get") else getattr(cfg, "path", None)
-    check_dataset(dataset, f"dataset={cfg.name}" + (f" ({path})" if path else ""))
-    _loaded.insert(0, (key, dataset))
-    del _loaded[_KEEP_LOADED:]
+    source = f"dataset={cfg.name}" + (f" ({path})" if path else "")
+    finite = cfg.get("check_finite", True) if hasattr(cfg, "get") else True
+    check_dataset(dataset, source, finite=bool(finite))
+    if not in_place:
+        _loaded.insert(0, (key, dataset))
+        del _loaded[_KEEP_LOADED:]
     return dataset
 
 
@@ -229,18 +258,24 @@ _loaded: list[tuple[tuple, Dataset]] = []
 _KEEP_LOADED = 2
 
 
+# Settings that name files or directories: a data set rewritten on disk is read again.
+_FILE_KEYS = ("path", "x_train", "y_train", "x_test", "y_test")
+
+
 def _cache_key(cfg) -> tuple:
-    """The settings, plus the files a ``path`` names (their size and mtime), so a data
-    set rewritten on disk is read again."""
+    """The settings, plus the files they name (their size and mtime), so a data set
+    rewritten on disk is read again."""
     items = tuple(sorted((str(k), repr(cfg[k])) for k in cfg))
-    path = cfg.get("path", None)
-    files: tuple = ()
-    if path is not None and os.path.exists(str(path)):
+    files: list = []
+    for setting in _FILE_KEYS:
+        path = cfg.get(setting, None)
+        if path is None or not os.path.exists(str(path)):
+            continue
         root = str(path)
         names = sorted(os.listdir(root)) if os.path.isdir(root) else [""]
         stats = [(n, os.stat(os.path.join(root, n) if n else root)) for n in names]
-        files = tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
-    return items, files
+        files += [(setting, n, st.st_size, st.st_mtime_ns) for n, st in stats]
+    return items, tuple(files)
 
 
 def clear_dataset_cache() -> None:

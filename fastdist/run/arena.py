@@ -3,7 +3,6 @@ checkpoint puts back into it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -16,7 +15,7 @@ from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.run.accounting import eval_arrays
 from fastdist.run.placement import Placement, RunPlan
-from fastdist.run.preparation import PreparedData, init_seed
+from fastdist.run.preparation import init_seed
 from fastdist.run.rounds import ROUND_STATE, round_arrays
 
 __all__ = ["arena_arrays", "fill_arena", "check_data_memory", "resume_into"]
@@ -25,21 +24,19 @@ log = logging.getLogger("fastdist")
 
 
 def arena_arrays(
-    data: PreparedData,
     model: Model,
     optimizer: Optimizer,
     combiner: Combiner,
     place: Placement,
     plan: RunPlan,
 ) -> dict:
-    """Name -> (shape, dtype) of everything the workers share."""
-    workers, size, rows = place.workers, model.layout.size, plan.rows
+    """Name -> (shape, dtype) of everything the workers share but the data (which live
+    in the run's RowStore, see run/preparation.py)."""
+    workers, size = place.workers, model.layout.size
     param_rows = 1 if combiner.shares_parameters else workers
     state_rows = 1 if combiner.shares_state else workers
     n_state = len(optimizer.state_names)
     arrays = {
-        "x_train": (data.x_train[rows].shape, np.float32),
-        "y_train": (data.y_train[rows].shape, np.int32),
         "params": ((param_rows, size), np.float32),
         # (state vector, row, P): a state vector's rows are contiguous, so averaging it
         # across workers is the same reduction as averaging the parameters.
@@ -61,21 +58,8 @@ def arena_arrays(
     return arrays
 
 
-def fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement) -> None:
-    """The training rows (written once; workers read their shard in place) and each
-    parameter row's initialisation."""
-    arena["x_train"][:] = data.x_train[rows]
-    arena["y_train"][:] = data.y_train[rows]
-    if not place.mpi:
-        # From here on the coordinator reads the training set from the arena too, and
-        # drops its private copies: the dataset is held once, not 1 + N times.
-        # (Fresh empty arrays: even a zero-length view would keep its base alive.)
-        data.x_train, data.y_train = arena["x_train"], arena["y_train"]
-        data.dataset = dataclasses.replace(
-            data.dataset,
-            x_train=np.empty((0, data.dataset.n_features), np.float32),
-            y_train=np.empty(0, np.int32),
-        )
+def fill_arena(arena, model, combiner, seed: int, place: Placement) -> None:
+    """Each parameter row's initialisation (the training rows are in the data's store)."""
     for row in range(arena["params"].shape[0]):
         worker = place.first_worker + row
         model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
@@ -84,18 +68,18 @@ def fill_arena(arena, data, rows, model, combiner, seed: int, place: Placement) 
 
 
 def check_data_memory(cfg) -> None:
-    """Before generating data: the generated set, its shuffled copy and the arena's
-    copy of the training rows must fit (files are bounded by the disk already)."""
+    """Before generating data: the generated set goes straight into shared memory with
+    the order of its training rows (8 bytes a row); the coordinator keeps a private copy
+    of the test split. Files are bounded by the disk already (``dataset=npy`` maps them:
+    page cache, neither shared memory nor the coordinator's own)."""
     from fastdist.data.datasets import expected_bytes
 
     data_bytes = expected_bytes(cfg.dataset)
     if data_bytes is not None:
-        train_share = (
-            data_bytes
-            * int(cfg.dataset.n_train)
-            // (int(cfg.dataset.n_train) + int(cfg.dataset.n_test))
-        )
-        check_memory_plan(train_share, 2 * data_bytes, what=f"dataset={cfg.dataset.name}")
+        n_train, n_test = int(cfg.dataset.n_train), int(cfg.dataset.n_test)
+        test_share = data_bytes * n_test // (n_train + n_test)
+        shared = data_bytes + 8 * n_train
+        check_memory_plan(shared, test_share, what=f"dataset={cfg.dataset.name}")
 
 
 def resume_into(cfg, arena, state: dict | None, total_steps: int) -> int:

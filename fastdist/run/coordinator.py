@@ -86,55 +86,55 @@ def train(cfg) -> RunResult:
     place = Placement.of(comm, int(cfg.workers))
     saving = _check_files(cfg)  # checkpoint path, resume file, memory: before start-up
 
-    # 1. Split: shuffle once, cut the shards; the model follows the data's shape.
-    data = prepare_data(cfg, place.total_workers, fraction)
-    model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
-    if combiner.check_model is not None:
-        combiner.check_model(model)
-    plan = plan_run(cfg, data, place, optimizer, lr_schedule)
-
-    # 2. One shared-memory arena: training rows, parameters, optimizer state, gradients.
-    arrays = arena_arrays(data, model, optimizer, combiner, place, plan)
-    check_memory_plan(arena_bytes(arrays), what="this run's arena")
-    backend = enum_value(cfg.backend.name)
-    model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
-    with SharedArena.create(arrays) as arena:
-        fill_arena(arena, data, plan.rows, model, combiner, int(cfg.seed), place)
-        start_step = resume_into(cfg, arena, saving.resumed, plan.total_steps)
-        spec = _worker_spec(cfg, arena, model, optimizer, combiner, backend, place, plan)
-        spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
-        _announce(combiner, data.dataset.name, place, spec)
-        # 3. Spawn the workers and train, under the failure policy.
-        spawned = time.monotonic()
-        progress = watch(
-            cfg,
-            place=place,
-            spec=spec,
-            model=model,
-            optimizer=optimizer,
-            combiner=combiner,
-            data=data,
-            arena=arena,
-            steps_per_epoch=plan.steps_per_epoch,
-        )
-        done, failures = _supervised(cfg, arena, spec, progress, comm, saving, model)
-        trained = gather_training(done, spawned, arena["params"], comm, combiner.shares_parameters)
-        if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
-            data.x_train = data.y_train = None
-            return RunResult({}, arena["params"].copy(), model, np.zeros(0), fraction)
-        # 4-5. Combine and evaluate, inside the arena's lifetime: data-dependent
-        # combiners read the shards from it.
-        metrics, combined = combine_model(
-            combiner,
-            trained.worker_params,
-            model,
-            data,
-            trained.samples_seen,
-            int(cfg.seed),
-            bool(cfg.diagnostics),
-        )
-        metrics.update(run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done))
-        data.x_train = data.y_train = None  # drop the views before the arena closes
+    # 1. Split: shuffle once (by index), cut the shards; the model follows the data's
+    # shape. The rows go straight into shared memory (or stay in their .npy files);
+    # leaving the block unlinks them, also on any error.
+    with prepare_data(cfg, place.total_workers, fraction, shared=True) as data:
+        model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
+        if combiner.check_model is not None:
+            combiner.check_model(model)
+        plan = plan_run(cfg, data, place, optimizer, lr_schedule)
+        # 2. One shared-memory arena: parameters, optimizer state, gradients.
+        arrays = arena_arrays(model, optimizer, combiner, place, plan)
+        check_memory_plan(arena_bytes(arrays), what="this run's arena")
+        backend = enum_value(cfg.backend.name)
+        model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
+        with SharedArena.create(arrays) as arena:
+            fill_arena(arena, model, combiner, int(cfg.seed), place)
+            start_step = resume_into(cfg, arena, saving.resumed, plan.total_steps)
+            spec = _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan)
+            spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
+            _announce(combiner, data.dataset.name, place, spec)
+            # 3. Spawn the workers and train, under the failure policy.
+            spawned = time.monotonic()
+            progress = watch(
+                cfg,
+                place=place,
+                spec=spec,
+                model=model,
+                optimizer=optimizer,
+                combiner=combiner,
+                data=data,
+                arena=arena,
+                steps_per_epoch=plan.steps_per_epoch,
+            )
+            done, failures = _supervised(cfg, arena, spec, progress, comm, saving, model)
+            params = arena["params"]
+            trained = gather_training(done, spawned, params, comm, combiner.shares_parameters)
+            if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
+                return RunResult({}, params.copy(), model, np.zeros(0), fraction)
+            # 4-5. Combine and evaluate, inside the arena's and the rows' lifetime:
+            # data-dependent combiners read the shards.
+            metrics, combined = combine_model(
+                combiner,
+                trained.worker_params,
+                model,
+                data,
+                trained.samples_seen,
+                int(cfg.seed),
+                bool(cfg.diagnostics),
+            )
+            metrics.update(run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done))
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
     metrics.update(
         run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
@@ -188,9 +188,10 @@ def _check_files(cfg) -> _Saving:
     return _Saving(digest, every, path, resumed)
 
 
-def _worker_spec(cfg, arena, model, optimizer, combiner, backend, place, plan) -> WorkerSpec:
+def _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan):
     return WorkerSpec(
         arena=arena.spec,
+        data=data.rows_spec(plan.rows),  # opened per job: a warm pool's workers too
         model=model,
         backend=backend,
         schedule=combiner.schedule,

@@ -37,8 +37,8 @@ class Placement:
         return self.node * self.workers
 
     def node_rows(self, shards: list[tuple[int, int]]) -> tuple[slice, tuple]:
-        """The training rows this node's arena holds (all of them on one machine) and
-        its workers' shards relative to them."""
+        """The part of the run's row order this node's workers read (all of it on one
+        machine) and its workers' shards relative to it."""
         mine = shards[self.first_worker : self.first_worker + self.workers]
         start = mine[0][0] if self.mpi else 0
         rows = slice(start, mine[-1][1] if self.mpi else None)
@@ -62,7 +62,7 @@ class RunPlan:
 
 def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) -> RunPlan:
     smallest = min(hi - lo for lo, hi in data.shards)
-    batch, total_steps = plan_steps(cfg, len(data.y_train), place.total_workers, smallest)
+    batch, total_steps = plan_steps(cfg, data.n_train, place.total_workers, smallest)
     # One pure function of the global step: every worker computes the same rate.
     scale = lr_scale(enum_value(cfg.lr_scaling), place.total_workers)
     rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)

@@ -5,21 +5,36 @@ that select on held-out data) is its head; the ``partition`` record splits the r
 (IID: equal contiguous slices; label or quantity skew: uneven shards, rows reordered so
 each shard is contiguous). ``fastdist-combine`` calls the same function to rebuild a
 saved run's split.
+
+The shuffle (and a partition's reordering) is an index, never a copy of the data:
+``rows`` lists the training rows in the order the workers see them, and workers gather
+their minibatches through it. With ``shared=True`` the loader writes straight into
+shared memory (or maps a file) held by a :class:`~fastdist.engine.rows.RowStore`, so
+the dataset exists once, however many workers read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fastdist.combiners.base import Combiner
 from fastdist.data.base import Dataset
 from fastdist.data.datasets import load_dataset, shard_bounds
+from fastdist.engine.rows import RowsSpec, RowStore
 from fastdist.errors import ConfigError
 
-__all__ = ["PreparedData", "prepare_data", "validation_fraction", "plan_steps", "init_seed"]
+__all__ = [
+    "PreparedData",
+    "ShardRows",
+    "prepare_data",
+    "validation_fraction",
+    "plan_steps",
+    "init_seed",
+]
 
 log = logging.getLogger("fastdist")
 
@@ -28,17 +43,89 @@ _DEFAULT_VALIDATION = 0.1
 
 @dataclass
 class PreparedData:
-    """The training set as the workers see it: shuffled once by the seed, minus the
-    validation split, cut into contiguous shards (equal under ``partition=iid``)."""
+    """The training set as the workers see it: every loaded row once (``dataset``), the
+    order of the training rows (shuffled once by the seed, minus the validation split,
+    grouped by shard: ``rows``), and each shard's ``[lo, hi)`` slice of that order
+    (equal under ``partition=iid``). A context manager: leaving it unlinks the shared
+    rows (``release``)."""
 
     dataset: Dataset
-    x_train: np.ndarray
-    y_train: np.ndarray
+    rows: np.ndarray
     shards: list[tuple[int, int]]
     validation: tuple[np.ndarray, np.ndarray] | None = None
+    store: RowStore = field(default_factory=lambda: RowStore(shared=False))
 
-    def shard_arrays(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        return tuple((self.x_train[lo:hi], self.y_train[lo:hi]) for lo, hi in self.shards)
+    @property
+    def n_train(self) -> int:
+        return len(self.rows)
+
+    @property
+    def y_train(self) -> np.ndarray:
+        """The training labels in ``rows`` order (a small gathered copy)."""
+        return self.dataset.y_train[self.rows]
+
+    def shard_arrays(self) -> tuple[tuple[ShardRows, ShardRows], ...]:
+        """Each shard as ``(x, y)``, read through the index: nothing is gathered until
+        a combiner reads rows (Fisher reads a few hundred)."""
+        ds = self.dataset
+        return tuple(
+            (ShardRows(ds.x_train, self.rows[lo:hi]), ShardRows(ds.y_train, self.rows[lo:hi]))
+            for lo, hi in self.shards
+        )
+
+    def rows_spec(self, part: slice = slice(None)) -> RowsSpec:
+        """What a worker opens (``shared=True`` only): features, labels, and the rows
+        of ``part`` (a node's share under dist=mpi)."""
+        ds, store = self.dataset, self.store
+        return RowsSpec(store.ref(ds.x_train), store.ref(ds.y_train), store.ref(self.rows[part]))
+
+    def release(self) -> None:
+        """Drop the views and unlink the shared rows (the run is over)."""
+        empty = np.empty((0, self.dataset.n_features), np.float32)
+        self.dataset = dataclasses.replace(
+            self.dataset, x_train=empty, y_train=np.empty(0, np.int32)
+        )
+        self.rows = np.empty(0, np.int64)
+        self.store.close()
+
+    def __enter__(self) -> PreparedData:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class ShardRows:
+    """Rows ``base[index]``, gathered only when read: ``len``, ``shape``, ``dtype``,
+    indexing (``x[idx]``: the rows at those positions of the shard) and
+    ``np.asarray(x)`` (the whole shard) work as on the gathered array."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray) -> None:
+        self._base, self._index = base, index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self._index), *self._base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._base.ndim
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self._base[self._index[key[0]]][(slice(None), *key[1:])]
+        return self._base[self._index[key]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        gathered = self._base[self._index]
+        return gathered if dtype is None else gathered.astype(dtype, copy=False)
 
 
 def validation_fraction(cfg, combiner: Combiner) -> float:
@@ -55,35 +142,47 @@ def validation_fraction(cfg, combiner: Combiner) -> float:
     return fraction
 
 
-def prepare_data(cfg, workers: int, fraction: float) -> PreparedData:
-    dataset = load_dataset(cfg.dataset)
-    # Shuffle once, by the seed; the validation split is the head of the shuffled set,
-    # shards are contiguous slices of the rest.
-    order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
-    n_val = int(round(len(order) * fraction))
-    if fraction > 0 and n_val == 0:
-        raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
-    x, y = dataset.x_train[order], dataset.y_train[order]
-    # Copies, not views: a view would keep the whole shuffled block alive after the
-    # training rows have moved into shared memory.
-    validation = (x[:n_val].copy(), y[:n_val].copy()) if n_val else None
-    x, y = x[n_val:], y[n_val:]
-    return PreparedData(dataset, *_partition(cfg, x, y, workers), validation=validation)
+def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> PreparedData:
+    """Load, shuffle (by index) and shard. ``shared=True`` puts the rows where workers
+    can open them (leave the returned object's ``with`` block, or call ``release()``,
+    when done); ``shared=False`` keeps everything private (fastdist-combine)."""
+    store = RowStore(shared)
+    try:
+        dataset = load_dataset(cfg.dataset, store)
+        # Shuffle once, by the seed; the validation split is the head of the shuffled
+        # order, shards are contiguous slices of the rest.
+        order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
+        n_val = int(round(len(order) * fraction))
+        if fraction > 0 and n_val == 0:
+            raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
+        head = order[:n_val]
+        validation = (dataset.x_train[head], dataset.y_train[head]) if n_val else None
+        # A loader that returned private arrays: copied into the store once (a no-op
+        # for rows generated in place or memory-mapped from a file).
+        x, y = store.share(dataset.x_train), store.share(dataset.y_train)
+        dataset = dataclasses.replace(dataset, x_train=x, y_train=y)
+        order, shards = _partition(cfg, order[n_val:], y, workers)
+        rows = store.empty(order.shape, np.int64)
+        rows[:] = order
+    except BaseException:
+        store.close()
+        raise
+    return PreparedData(dataset, rows, shards, validation, store)
 
 
-def _partition(cfg, x, y, workers: int):
-    """(x, y, shards) with each worker's rows contiguous: ``[lo, hi)`` per worker."""
+def _partition(cfg, order: np.ndarray, y: np.ndarray, workers: int):
+    """(order, shards): the training rows grouped so each worker's are contiguous,
+    ``[lo, hi)`` of ``order`` per worker."""
     from fastdist.data.partitions import IID
     from fastdist.run.records import build_partition
 
     partition = build_partition(cfg.get("partition"))
     if isinstance(partition, IID):  # no reordering: the historical split, bit for bit
-        return x, y, shard_bounds(len(y), workers)
-    parts = partition.split(y, workers, int(cfg.seed))
-    order = np.concatenate(parts)
+        return order, shard_bounds(len(order), workers)
+    parts = partition.split(y[order], workers, int(cfg.seed))
     ends = np.cumsum([len(p) for p in parts]).tolist()
     shards = list(zip([0, *ends[:-1]], ends))
-    return x[order], y[order], shards
+    return order[np.concatenate(parts)], shards
 
 
 def plan_steps(

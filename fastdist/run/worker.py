@@ -1,7 +1,8 @@
 """The training loop each worker runs on its shard, against the shared arena.
 
-Everything a worker touches lives in the arena: the training set (read-only), the
-parameter and optimizer-state rows, and its own gradient slot. The combiner's schedule
+Everything a worker touches is shared: the training set (read-only, in the run's
+RowStore: shared memory, or a memory-mapped .npy file) and, in the arena, the parameter
+and optimizer-state rows and its own gradient slot. The combiner's schedule
 (``SyncSchedule.sync_at``) decides where the workers meet at the barrier; see the
 comments at each sync point.
 """
@@ -19,6 +20,7 @@ from fastdist.combiners.base import Sync, SyncSchedule
 from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
 from fastdist.engine.barrier import SpinBarrier
 from fastdist.engine.faults import fault_plan
+from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.shm import ArenaSpec, SharedArena
 from fastdist.errors import DivergenceError
 from fastdist.models.base import Model
@@ -37,6 +39,7 @@ class WorkerSpec:
     """Picklable description of the job, identical for every worker."""
 
     arena: ArenaSpec
+    data: RowsSpec  # training features/labels and the order of the rows (read-only)
     model: Model
     backend: str
     schedule: SyncSchedule
@@ -78,19 +81,21 @@ def train_worker(ctx, spec: WorkerSpec) -> None:
     apply_in_worker(spec.threads)
     arena = SharedArena.attach(spec.arena)
     try:
-        _train(ctx, spec, arena, blas_thread_counts)
+        with open_rows(spec.data) as rows:
+            _train(ctx, spec, arena, rows, blas_thread_counts)
     finally:
         arena.close()
 
 
-def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> None:
+def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) -> None:
     rank, n_workers = ctx.rank, ctx.n_workers
     model, schedule, opt = spec.model, spec.schedule, spec.optimizer
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
-    x_all, y_all = arena["x_train"], arena["y_train"]
+    # The shard is a slice of the row order: rows stored once, shuffled by index.
+    x_all, y_all, order_all, prefetch = rows
     lo, hi = spec.shards[rank]
-    shard_x, shard_y = x_all[lo:hi], y_all[lo:hi]  # views: the shard is never copied
+    shard_rows = order_all[lo:hi]
     steps_per_epoch = (hi - lo) // batch
 
     # opt_state is (state vectors, rows, P): each state vector's rows are contiguous, so
@@ -128,7 +133,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
     # Compile (or load from Numba's cache) before the clock starts, on a scratch
     # gradient so the shared slot stays untouched.
     scratch = np.empty_like(grad)
-    kernel.loss_and_grad(params, shard_x[:batch], shard_y[:batch], scratch)
+    first = shard_rows[:batch]
+    kernel.loss_and_grad(params, x_all[first], y_all[first], scratch)
     del scratch
     compiled = getattr(kernel, "compile_count", 0)
     ctx.send("ready", {"threads": blas_thread_counts(), "cpus": sorted(os.sched_getaffinity(0))})
@@ -150,9 +156,11 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, blas_thread_counts) -> Non
             trains = rounds is None or rounds.trains(step)  # partial participation idles
             loss, n_right = 0.0, 0
             if trains:
-                idx = order[b * batch : (b + 1) * batch]
-                np.take(shard_x, idx, axis=0, out=xb, mode="clip")
-                np.take(shard_y, idx, out=yb, mode="clip")
+                idx = shard_rows[order[b * batch : (b + 1) * batch]]
+                if prefetch is not None and b + 1 < steps_per_epoch:  # a file: read ahead
+                    prefetch(shard_rows[order[(b + 1) * batch : (b + 2) * batch]])
+                np.take(x_all, idx, axis=0, out=xb, mode="clip")
+                np.take(y_all, idx, out=yb, mode="clip")
                 loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
                 computed += 1
             if not math.isfinite(loss):
