@@ -228,6 +228,19 @@ def test_data_sets_are_loaded_once_per_process_and_settings():
     assert load_dataset(digits) is not first
 
 
+def test_large_data_sets_are_not_kept(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from fastdist.data import datasets
+
+    datasets.clear_dataset_cache()
+    digits = OmegaConf.create({"name": "digits", "test_fraction": 0.25, "split_seed": 0})
+    monkeypatch.setattr(datasets, "KEEP_BYTES", 1000)  # digits: about 0.5 MB
+    first = datasets.load_dataset(digits)
+    assert datasets.load_dataset(digits) is not first
+    datasets.clear_dataset_cache()
+
+
 def test_digits_are_read_exactly_as_scikit_learn_reads_them():
     from sklearn.datasets import load_digits
 

@@ -247,7 +247,7 @@ def load_dataset(cfg, store=None) -> Dataset:
     source = f"dataset={cfg.name}" + (f" ({path})" if path else "")
     finite = cfg.get("check_finite", True) if hasattr(cfg, "get") else True
     check_dataset(dataset, source, finite=bool(finite))
-    if not in_place:
+    if not in_place and _private_bytes(dataset) <= KEEP_BYTES:
         _loaded.insert(0, (key, dataset))
         del _loaded[_KEEP_LOADED:]
     return dataset
@@ -256,6 +256,16 @@ def load_dataset(cfg, store=None) -> Dataset:
 # The most recently loaded data sets, newest first, with the settings they came from.
 _loaded: list[tuple[tuple, Dataset]] = []
 _KEEP_LOADED = 2
+# Only small data sets are kept: the cache is for sweeps of small jobs, and a large
+# private copy kept alive beside the run's shared one would double the run's memory
+# (its loading time is small next to the training such a data set takes).
+KEEP_BYTES = 256 << 20
+
+
+def _private_bytes(dataset: Dataset) -> int:
+    """Bytes of the data set in this process's own memory (a file mapping holds none)."""
+    arrays = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+    return sum(a.nbytes for a in arrays if not isinstance(a, np.memmap))
 
 
 # Settings that name files or directories: a data set rewritten on disk is read again.
