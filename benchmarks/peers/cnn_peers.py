@@ -184,10 +184,10 @@ def torch_ddp(steps: int, warmup: int, workers: int, batch: int, seed: int) -> d
 
 
 def jax_single(steps: int, warmup: int, workers: int, batch: int, seed: int, cpus: int = 0) -> dict:
-    """JAX natively: one jitted step (the CNN's forward from fastdist's JAX kernel,
-    value_and_grad, momentum SGD with donated buffers) on a global batch. ``cpus`` > 0
-    restricts the process to that many cores before JAX starts (XLA sizes its pool
-    from the affinity)."""
+    """JAX natively: one jitted step (the CNN's forward from fastdist's JAX kernel on a
+    dict of tensors, value_and_grad, momentum SGD with donated buffers) on a global
+    batch. ``cpus`` > 0 restricts the process to that many cores before JAX starts (XLA
+    sizes its pool from the affinity)."""
     if cpus:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])
     import functools
@@ -207,16 +207,18 @@ def jax_single(steps: int, warmup: int, workers: int, batch: int, seed: int, cpu
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, velocity, x, y):
         loss, grad = jax.value_and_grad(loss_fn)(params, x, y)
-        velocity = MOMENTUM * velocity + grad
-        return params - LR * velocity, velocity, loss
+        velocity = jax.tree_util.tree_map(lambda v, g: MOMENTUM * v + g, velocity, grad)
+        params = jax.tree_util.tree_map(lambda p, v: p - LR * v, params, velocity)
+        return params, velocity, loss
 
     x, y = make_data(workers, batch, seed)
     data = [
         (jax.device_put(bx), jax.device_put(by))
         for bx, by in _common.batches(x, y, batch * workers)
     ]
-    params = jnp.asarray(model.init(seed))
-    velocity = jnp.zeros_like(params)
+    # The idiomatic JAX layout: a pytree of tensors (the layout's, by name).
+    params = {k: jnp.asarray(v) for k, v in model.layout.unflatten(model.init(seed)).items()}
+    velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
 
     def train(start, n):
         nonlocal params, velocity

@@ -49,7 +49,7 @@ def _load_factory(path: str):
 
 @functools.cache
 def _functions(factory: str, options: tuple, input_shape: tuple, n_classes: int):
-    """(init, apply, unravel, leaf shapes) of a model, once per process."""
+    """(init, apply, unravel, leaf shapes, tree structure) of a model, once per process."""
     import jax
     from jax.flatten_util import ravel_pytree
 
@@ -71,7 +71,8 @@ def _functions(factory: str, options: tuple, input_shape: tuple, n_classes: int)
     )
     zeros = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
     unravel = ravel_pytree(zeros)[1]
-    return init32, apply, unravel, named
+    # ravel_pytree packs the leaves in tree_flatten's order, the layout's order.
+    return init32, apply, unravel, named, jax.tree_util.tree_structure(shapes)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,26 @@ class JaxModel(Model):
 
     def forward(self):
         """Traceable (flat params, x rows) -> logits."""
-        _, apply, unravel, _ = self._fns()
+        _, apply, unravel, _, _ = self._fns()
         shape = self.input_shape
 
         def forward(flat, x):
             return apply(unravel(flat), x.reshape((x.shape[0], *shape)))
+
+        return forward
+
+    def tensor_forward(self):
+        """Traceable (leaves by layout name, x rows) -> logits: what the kernel
+        differentiates (w.r.t. the leaves, not the flat vector)."""
+        import jax
+
+        _, apply, _, named, tree = self._fns()
+        names = [name for name, _ in named]
+        shape = self.input_shape
+
+        def forward(tensors, x):
+            params = jax.tree_util.tree_unflatten(tree, [tensors[name] for name in names])
+            return apply(params, x.reshape((x.shape[0], *shape)))
 
         return forward
 

@@ -16,23 +16,20 @@ __all__ = ["JaxCNNKernel", "cnn_forward"]
 
 
 def cnn_forward(model):
-    """The CNN's forward pass as a traceable function of (flat params, x rows)."""
+    """The CNN's forward pass as a traceable function of (tensors by layout name, x rows).
+
+    The layout's conv weights are ``(kh, kw, cin, cout)``, i.e. already ``HWIO``.
+    """
     jax, jnp = _import_jax()
     lax = jax.lax
-    layout = model.layout
     cin, h, w = model.in_shape
 
-    def conv_params(params, layer):
-        c = model.convs[layer]
-        w0, w1 = layout.bounds(f"conv{layer}.weight")
-        b0, b1 = layout.bounds(f"conv{layer}.bias")
-        return params[w0:w1].reshape(c.kh, c.kw, c.cin, c.cout), params[b0:b1]
-
-    def forward(params, x):
+    def forward(tensors, x):
         batch = x.shape[0]
         a = x.reshape(batch, cin, h, w).transpose(0, 2, 3, 1)
         for layer, c in enumerate(model.convs):
-            kernel, bias = conv_params(params, layer)
+            kernel = tensors[f"conv{layer}.weight"].reshape(c.kh, c.kw, c.cin, c.cout)
+            bias = tensors[f"conv{layer}.bias"]
             a = lax.conv_general_dilated(
                 a,
                 kernel,
@@ -47,9 +44,8 @@ def cnn_forward(model):
         a = a.reshape(batch, -1)
         n_dense = len(model.dense) - 1
         for j in range(n_dense):
-            w0, w1 = layout.bounds(f"dense{j}.weight")
-            b0, b1 = layout.bounds(f"dense{j}.bias")
-            a = a @ params[w0:w1].reshape(model.dense[j], model.dense[j + 1]) + params[b0:b1]
+            weight = tensors[f"dense{j}.weight"].reshape(model.dense[j], model.dense[j + 1])
+            a = a @ weight + tensors[f"dense{j}.bias"]
             if j < n_dense - 1:
                 a = jax.nn.relu(a)
         return a

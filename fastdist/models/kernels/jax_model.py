@@ -2,7 +2,7 @@
 
 The loss, gradient, prediction, copies and compilation are the MLP's JAX kernel's
 (:class:`~fastdist.models.kernels.jax_mlp.JaxKernel`); the forward pass is the user's
-``apply`` on the unravelled flat vector.
+``apply`` on the pytree rebuilt from the layout's leaves.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class JaxModelKernel(JaxKernel):
     """XLA-compiled loss/gradient and prediction of a user's JAX model."""
 
     def _forward(self, model):
-        return model.forward()
+        return model.tensor_forward()
 
 
 @functools.cache
