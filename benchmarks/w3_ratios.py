@@ -78,18 +78,19 @@ def contenders(steps: int) -> dict[str, tuple[list[str], int | None]]:
 
 
 def ratios(rate: dict[str, float]) -> dict[str, dict]:
-    def row(a, b, target):
-        return {"ratio": rate[a] / rate[b], "of": f"{a} / {b}", "target": target}
-
+    """Each W3 target whose two contenders both ran."""
+    wanted = {
+        "numba_1w_vs_torch_1t": ("fastdist_numba_1w", "torch_1p_1t", ">= 1.0"),
+        "2w_vs_1w": ("fastdist_numba_2w", "fastdist_numba_1w", ">= 1.8"),
+        "2w_vs_ddp": ("fastdist_numba_2w", "torch_ddp_2x1", ">= 1.5"),
+        "2w_vs_jax_all_cores": ("fastdist_numba_2w", "jax_1p_all_cores_b128", ">= 0.95"),
+        "jax_backend_1w_vs_jax_native_1core": ("fastdist_jax_1w", "jax_native_1core", "report"),
+        "jax_backend_2w_vs_jax_all_cores": ("fastdist_jax_2w", "jax_1p_all_cores_b128", ">= 0.9"),
+    }
     return {
-        "numba_1w_vs_torch_1t": row("fastdist_numba_1w", "torch_1p_1t", ">= 1.0"),
-        "2w_vs_1w": row("fastdist_numba_2w", "fastdist_numba_1w", ">= 1.8"),
-        "2w_vs_ddp": row("fastdist_numba_2w", "torch_ddp_2x1", ">= 1.5"),
-        "2w_vs_jax_all_cores": row("fastdist_numba_2w", "jax_1p_all_cores_b128", ">= 0.95"),
-        "jax_backend_1w_vs_jax_native_1core": row("fastdist_jax_1w", "jax_native_1core", "report"),
-        "jax_backend_2w_vs_jax_all_cores": row(
-            "fastdist_jax_2w", "jax_1p_all_cores_b128", ">= 0.9"
-        ),
+        key: {"ratio": rate[a] / rate[b], "of": f"{a} / {b}", "target": target}
+        for key, (a, b, target) in wanted.items()
+        if rate.get(a) and rate.get(b)
     }
 
 
@@ -107,16 +108,13 @@ def measure(rounds: int = 3, steps: int = 20, only=None, log=print) -> dict:
                 log(f"round {r}: {exc}")
             log(f"round {r} {name}: {samples[name][-1:] or 'failed'}")
     rate = {k: statistics.median(v) for k, v in samples.items() if v}
-    results = {"samples_per_second": rate, "rounds": samples}
-    if len(rate) == len(contenders(steps)):
-        results["ratios"] = ratios(rate)
-    return results
+    return {"samples_per_second": rate, "rounds": samples, "ratios": ratios(rate)}
 
 
 def table(results: dict) -> str:
     lines = ["| W3 contender | samples/s (median) |", "| --- | ---: |"]
     lines += [f"| {k} | {v:,.0f} |" for k, v in results["samples_per_second"].items()]
-    if "ratios" in results:
+    if results.get("ratios"):
         lines += ["", "| W3 ratio | measured | target |", "| --- | ---: | --- |"]
         lines += [
             f"| {r['of']} | {r['ratio']:.2f} | {r['target']} |" for r in results["ratios"].values()

@@ -56,3 +56,20 @@ def test_render_names_the_machine_and_the_readme_region_is_all_it_rewrites():
     assert "old numbers" not in new and body in new
     with pytest.raises(SystemExit, match="no <!-- bench:begin"):
         rewrite_region("no markers", body)
+
+
+def test_w3_rows_and_targets_come_from_the_contenders_that_ran():
+    w3 = {
+        "samples_per_second": {
+            "fastdist_numba_1w": 100.0,
+            "fastdist_numba_2w": 190.0,
+            "fastdist_jax_2w": 80.0,
+            "jax_1p_all_cores_b128": 100.0,
+        }
+    }  # torch did not run: its ratios are left out, not guessed
+    table = {r["what"]: r for r in ratios({**RESULTS, "w3": w3})}
+    assert table["W3: fastdist_numba_2w / fastdist_numba_1w"]["value"] == pytest.approx(1.9)
+    assert table["W3: fastdist_jax_2w / jax_1p_all_cores_b128"]["met"] is False
+    assert not any("torch" in what for what in table)
+    body = render({**RESULTS, "w3": w3})
+    assert "| fastdist_jax_2w | 80 |" in body and "W3: fastdist_jax_2w" in body

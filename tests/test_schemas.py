@@ -64,3 +64,22 @@ def test_compositions_are_typed_without_the_config_store():
     assert "could not be converted to Integer" in str(bad_type.value.__cause__)
     assert "schema" not in ConfigStore.instance().repo
     assert "fastdist_schema.yaml" not in ConfigStore.instance().repo
+
+
+def test_fastdists_yaml_files_are_parsed_once_and_handed_out_as_copies(monkeypatch):
+    from hydra_plugins.fastdist_hydra import package_configs
+    from hydra_plugins.fastdist_hydra.schemas import FASTDIST_CONFIGS, PARSED_ONCE
+
+    ours = _search_path("pkg://hydra.conf", FASTDIST_CONFIGS)
+    FastdistSearchPath().manipulate_search_path(ours)
+    assert [e.path for e in ours.get_path()] == ["pkg://hydra.conf", PARSED_ONCE, SCHEMAS]
+
+    monkeypatch.setattr(package_configs, "_parsed", {})
+    source = package_configs.ParsedOncePackageSource(provider="test", path=PARSED_ONCE)
+    first = source.load_config("combiner/local_sgd.yaml")
+    assert len(package_configs._parsed) == 1
+    first.config["_target_"] = "changed"  # a copy: the next load is unchanged
+    again = source.load_config("combiner/local_sgd")
+    assert len(package_configs._parsed) == 1
+    assert again.config["_target_"] == "fastdist.combiners.averaging.local_sgd"
+    assert again.header == first.header

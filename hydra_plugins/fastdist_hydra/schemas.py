@@ -31,6 +31,7 @@ __all__ = ["FastdistSchemaSource", "FastdistSearchPath"]
 
 FASTDIST_CONFIGS = "pkg://fastdist.conf"
 SCHEMAS = "fastdist://fastdist.run.config"
+PARSED_ONCE = "fastdist-pkg://fastdist.conf"
 
 
 @functools.cache
@@ -116,10 +117,15 @@ class FastdistSchemaSource(ConfigSource):
 
 
 class FastdistSearchPath(SearchPathPlugin):
-    """Adds :data:`SCHEMAS` to the search path of fastdist's own configs."""
+    """On the search path of fastdist's own configs: adds :data:`SCHEMAS`, and reads
+    ``pkg://fastdist.conf`` through :mod:`.package_configs` (each file parsed once)."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         paths = [element.path for element in search_path.get_path()]
         wanted = FASTDIST_CONFIGS in paths and SCHEMAS not in paths
-        if wanted and _serves_schemas(SCHEMAS.split("://", 1)[1]):
-            search_path.append(provider="fastdist", path=SCHEMAS)
+        if not (wanted and _serves_schemas(SCHEMAS.split("://", 1)[1])):
+            return
+        for element in search_path.get_path():
+            if element.path == FASTDIST_CONFIGS:
+                element.path = PARSED_ONCE
+        search_path.append(provider="fastdist", path=SCHEMAS)
