@@ -57,3 +57,22 @@ def test_a_warm_pool_imports_what_its_jobs_need_as_it_starts():
     finally:
         pool.shutdown()
     assert loaded == {0: ["colorsys"], 1: ["colorsys"]}
+
+
+def test_a_ctrl_c_while_the_workers_start_is_not_lost(monkeypatch):
+    import os
+    import signal
+
+    spawn = WorkerPool._start_all
+
+    def interrupted_spawn(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the workers are being spawned
+        spawn(self)
+
+    monkeypatch.setattr(WorkerPool, "_start_all", interrupted_spawn)
+    pool = WorkerPool(2, faulty_workers.finish, (1,))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pool.start()  # once ignored (lost) while the workers were spawned
+    finally:
+        pool.shutdown()

@@ -109,7 +109,10 @@ def _bootstrap(
     parent: int,
 ) -> None:
     # Ctrl-C reaches the whole process group; only the coordinator decides what it means.
+    # The child started with SIGINT blocked (WorkerPool.start): ignoring it discards one
+    # that arrived meanwhile, and only then is it unblocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent)
     if cpus:
         # Before any math library starts its threads: XLA sizes its pool from this set.
@@ -241,16 +244,17 @@ class WorkerPool:
         self._conns: list[Connection] = []
 
     def start(self) -> None:
-        # Children inherit an ignored SIGINT through exec, and Python then leaves it
-        # ignored: a Ctrl-C during their start-up cannot print a traceback from them.
-        if threading.current_thread() is not threading.main_thread():
-            self._start_all()  # signal dispositions can only be changed from there
-            return
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Children inherit a blocked SIGINT through fork and exec, so a Ctrl-C during
+        # their start-up cannot print a traceback from them (they ignore it and unblock
+        # it in _bootstrap). Here it is held back, not ignored: delivered once every
+        # worker has been started (a KeyboardInterrupt between spawning a child and
+        # sending it its start-up data would leave that child reading a closed pipe).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            self._start_all()
+            with deferred_signals():
+                self._start_all()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _start_all(self) -> None:
         with environment(self._env), _standard_start_method():
@@ -272,8 +276,8 @@ class WorkerPool:
                     daemon=True,
                 )
                 proc.start()
+                self._procs.append(proc)  # at once: a Ctrl-C may stop the loop here
                 send.close()  # the worker holds the only writer: EOF means it is gone
-                self._procs.append(proc)
                 self._conns.append(recv)
 
     def join(
