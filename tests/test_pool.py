@@ -70,9 +70,12 @@ def test_a_ctrl_c_while_the_workers_start_is_not_lost(monkeypatch):
         spawn(self)
 
     monkeypatch.setattr(WorkerPool, "_start_all", interrupted_spawn)
+    # Python's own handler, whatever an earlier in-process CLI test installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = WorkerPool(2, faulty_workers.finish, (1,))
     try:
         with pytest.raises(KeyboardInterrupt):
             pool.start()  # once ignored (lost) while the workers were spawned
     finally:
         pool.shutdown()
+        signal.signal(signal.SIGINT, previous)

@@ -173,6 +173,7 @@ def main() -> None:
         return
     # Let Hydra's own errors reach us unformatted; we print them as one line below.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    _received.clear()  # a signal an earlier call in this process saw is not this run's
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigint)
     try:
