@@ -126,3 +126,26 @@ def tiny_overrides():
         "batch_size=16",
         "epochs=2",
     ]
+
+
+def saved_run_dir(root, overrides: list[str]):
+    """``root`` made into a run directory as ``fastdist save_states=true`` leaves it:
+    the run trained in-process, its overrides and its saved worker states."""
+    import yaml
+
+    import fastdist
+    from fastdist.run.states import save_states, split_hash
+
+    cfg = fastdist.compose(overrides)
+    result = fastdist.train(cfg)
+    (root / ".hydra").mkdir(parents=True)
+    (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    save_states(
+        root,
+        result.worker_params,
+        result.samples_seen,
+        result.validation_fraction,
+        result.sync,
+        split_hash(cfg),
+    )
+    return root

@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import small_run
+from conftest import saved_run_dir, small_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-import fastdist
 from fastdist.cli import combine as combine_cli
 from fastdist.data.base import check_dataset
 from fastdist.data.datasets import load_dataset
 from fastdist.errors import ConfigError
-from fastdist.run.states import STATES_FILE, save_states, split_hash
+from fastdist.run.states import STATES_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -158,20 +157,7 @@ TRAIN = small_run("workers=2", "steps=4", "combiner=weight_avg", "dataset.n_trai
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzzrun") / "run"
-    (root / ".hydra").mkdir(parents=True)
-    cfg = fastdist.compose(TRAIN)
-    result = fastdist.train(cfg)
-    (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TRAIN))
-    save_states(
-        root,
-        result.worker_params,
-        result.samples_seen,
-        result.validation_fraction,
-        result.sync,
-        split_hash(cfg),
-    )
-    return root
+    return saved_run_dir(tmp_path_factory.mktemp("fuzzrun") / "run", TRAIN)
 
 
 OVERRIDE_EDITS = st.sampled_from(

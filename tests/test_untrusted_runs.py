@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import small_run
+from conftest import saved_run_dir, small_run
 
 import fastdist
 from fastdist.cli import combine as combine_cli
 from fastdist.errors import ConfigError
-from fastdist.run.states import STATES_FILE, save_states, split_hash
+from fastdist.run.states import STATES_FILE
 
 TRAIN = small_run("workers=2", "steps=8", "combiner=weight_avg")
 
@@ -23,20 +23,7 @@ TRAIN = small_run("workers=2", "steps=8", "combiner=weight_avg")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run directory as `fastdist save_states=true` leaves it (made in-process)."""
-    root = tmp_path_factory.mktemp("run")
-    cfg = fastdist.compose(TRAIN)
-    result = fastdist.train(cfg)
-    (root / ".hydra").mkdir()
-    (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TRAIN))
-    save_states(
-        root,
-        result.worker_params,
-        result.samples_seen,
-        result.validation_fraction,
-        result.sync,
-        split_hash(cfg),
-    )
-    return root
+    return saved_run_dir(tmp_path_factory.mktemp("run"), TRAIN)
 
 
 def _copy(src: Path, dst: Path) -> Path:
