@@ -231,3 +231,21 @@ def test_local_sgd_average_state_and_its_old_name():
     assert not local_sgd().schedule.average_state
     with pytest.raises(ConfigError, match="old name"):
         local_sgd(average_state=True, average_momentum=False)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loading_the_update_code_before_the_clock_changes_nothing(case):
+    """The worker calls every update on an empty range before it starts timing (so
+    Numba's start-up is not timed under backend=jax): that must not touch a value."""
+    from fastdist.run.worker import _load_update_code
+
+    opt = CASES[case][0]
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((2, P)).astype(np.float32)
+    state = [rng.standard_normal(P).astype(np.float32) for _ in opt.state_names]
+    grads = rng.standard_normal((2, P)).astype(np.float32)
+    before = [a.copy() for a in (rows, *state, grads)]
+    for at in (0, P // 2, P):
+        _load_update_code(opt, rows[0], state, grads[0], grads, rows, at, step=3)
+    for got, want in zip((rows, *state, grads), before, strict=True):
+        assert np.array_equal(got, want)
