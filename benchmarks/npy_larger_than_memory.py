@@ -22,7 +22,9 @@ versions, commit, load average at the start and the end).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import statistics
 import subprocess
@@ -38,18 +40,52 @@ from benchmarks.machine import describe, summary
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES, N_TEST = 784, 10, 2048
 _CHUNK_ROWS = 32768
+_MINCORE_PIECE = 1 << 30  # a multiple of the page size
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _mem_total_bytes() -> int:
+def _meminfo_bytes(key: str) -> int:
     with open("/proc/meminfo") as fh:
         for line in fh:
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemTotal in /proc/meminfo")
+    raise RuntimeError(f"no {key} in /proc/meminfo")
+
+
+def _mem_total_bytes() -> int:
+    return _meminfo_bytes("MemTotal")
+
+
+def cold_page_reclaim() -> list[dict]:
+    """The DAMON schemes running on this machine (``/sys/kernel/mm/damon``): a VM whose
+    host takes idle memory back can page out file cache that nobody touched for a
+    minute, whatever the free memory. On such a machine the cache is only warm for a
+    while after it was read, so each npy round re-warms it right before it runs."""
+    schemes = []
+    for scheme in sorted(
+        Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/contexts/*/schemes/*")
+    ):
+        try:
+            context = scheme.parents[1]
+            kdamond = context.parents[1]
+            aggr_us = int((context / "monitoring_attrs/intervals/aggr_us").read_text())
+            age_min = int((scheme / "access_pattern/age/min").read_text())
+            quota = int((scheme / "quotas/bytes").read_text())
+            reset_ms = int((scheme / "quotas/reset_interval_ms").read_text())
+            schemes.append(
+                {
+                    "state": (kdamond / "state").read_text().strip(),
+                    "action": (scheme / "action").read_text().strip(),
+                    "idle_seconds_before_acting": age_min * aggr_us / 1e6,
+                    "bytes_per_second_at_most": quota * 1000 / reset_ms if reset_ms else None,
+                }
+            )
+        except (OSError, ValueError):
+            continue
+    return schemes
 
 
 def _drop_cache(path: Path) -> None:
@@ -103,18 +139,44 @@ def write_files(directory: Path, n_rows: int, seed: int = 0) -> dict:
     return {"paths": paths, "bytes": size, "write_gb_per_s": size / 2**30 / io_seconds}
 
 
+def read_sequentially(path: Path, n_bytes: int, cgroup: Path | None) -> float:
+    """Read the first ``n_bytes`` of the file in 64 MB pieces (in ``cgroup``, so the
+    page cache it fills is charged there); GB/s."""
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter(); n = 0; left = int(sys.argv[2])\n"
+        "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
+        "    while left > 0 and (b := f.read(min(64 << 20, left))):\n"
+        "        n += len(b); left -= len(b)\n"
+        "print(n / 2**30 / (time.perf_counter() - t))\n"
+    )
+    out = _run([sys.executable, "-c", code, str(path), str(n_bytes)], cgroup)
+    return float(out.strip().splitlines()[-1])
+
+
 def cold_read_rate(path: Path, cgroup: Path | None) -> float:
     """GB/s of one sequential read of the file from disk (its cache dropped first)."""
     _drop_cache(path)
-    code = (
-        "import sys, time\n"
-        "t = time.perf_counter(); n = 0\n"
-        "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
-        "    while (b := f.read(64 << 20)): n += len(b)\n"
-        "print(n / 2**30 / (time.perf_counter() - t))\n"
-    )
-    out = _run([sys.executable, "-c", code, str(path)], cgroup)
-    return float(out.strip().splitlines()[-1])
+    return read_sequentially(path, os.path.getsize(path), cgroup)
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of the file is in the page cache now (``mincore`` on a read-only map of
+    it, 1 GiB at a time; Python has no ``mincore``, hence ctypes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = mmap.PAGESIZE
+    size = os.path.getsize(path)
+    resident = 0
+    for lo in range(0, size, _MINCORE_PIECE):
+        length = min(_MINCORE_PIECE, size - lo)
+        view = np.memmap(path, dtype=np.uint8, mode="r", offset=lo, shape=(length,))
+        vec = ctypes.create_string_buffer((length + page - 1) // page)
+        if libc.mincore(view.ctypes.data, length, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        resident += int(np.count_nonzero(np.frombuffer(vec.raw, np.uint8) & 1)) * page
+        del view
+    return min(resident, size)
 
 
 def _make_cgroup(cap_bytes: int) -> Path:
@@ -135,6 +197,23 @@ def _run(argv: list[str], cgroup: Path | None, env: dict | None = None) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[-3:]} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return proc.stdout
+
+
+def warm_the_cache(
+    path: Path, file_bytes: int, budget: int, cgroup: Path | None, reserve_gb: float
+) -> dict:
+    """Read the part of the file that fits in the page cache, right before a run.
+
+    "Fits": what the cache may hold now (``MemAvailable``, or under a cap the cap) less
+    ``reserve_gb`` for the training processes themselves. Uniformly shuffled rows then
+    hit the cache with a probability of about (that part) / (the file)."""
+    room = budget if cgroup is not None else _meminfo_bytes("MemAvailable")
+    part = max(0, min(file_bytes, room - int(reserve_gb * 2**30)))
+    say(f"  warming the page cache: the first {part / 2**30:.1f} GiB of the file")
+    rate = read_sequentially(path, part, cgroup) if part else 0.0
+    resident = resident_bytes(path) / file_bytes
+    say(f"  {rate:.2f} GB/s; {100 * resident:.0f}% of the file is in the page cache")
+    return {"warmed_bytes": part, "warm_read_gb_per_s": rate, "resident_before": resident}
 
 
 def train(steps: int, files: dict | None, cgroup: Path | None, seed: int = 0) -> dict:
@@ -193,6 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=120, help="timed steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
+    parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="do not read the part of the file that fits into the cache before npy runs",
+    )
+    parser.add_argument(
+        "--reserve-gb",
+        type=float,
+        help="memory left to the training runs when warming (default: 1.5, or 30%% of a cap)",
+    )
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args(argv)
 
@@ -201,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = int(args.memory_cap_gb * 2**30) if args.memory_cap_gb else _mem_total_bytes()
     n_rows = int(args.ratio * budget / (FEATURES * 4))
     cgroup = _make_cgroup(budget) if args.memory_cap_gb else None
+    if args.reserve_gb is None:
+        args.reserve_gb = min(1.5, 0.3 * budget / 2**30)
     what = f"a cgroup memory cap of {budget / 2**30:.1f} GiB" if cgroup else "the machine's RAM"
     say(
         f"budget: {what}; file: {n_rows:,} rows x {FEATURES} float32 = "
@@ -216,11 +308,24 @@ def main(argv: list[str] | None = None) -> None:
         say("one cold sequential read of x_train (cache dropped first)")
         read_rate = cold_read_rate(files["paths"]["x_train"], cgroup)
         say(f"  cold sequential read: {read_rate:.2f} GB/s")
+        reclaim = cold_page_reclaim()
+        for scheme in reclaim:
+            say(
+                f"  this machine runs DAMON '{scheme['action']}' ({scheme['state']}) on memory "
+                f"idle for {scheme['idle_seconds_before_acting']:.0f} s, at most "
+                f"{(scheme['bytes_per_second_at_most'] or 0) / 2**20:.0f} MB/s"
+            )
+        x_path = files["paths"]["x_train"]
         samples: dict[str, list[dict]] = {"npy": [], "memory": []}
         for r in range(args.rounds):
             for kind in ("npy", "memory"):
                 say(f"round {r + 1}/{args.rounds}: W1 2 workers, {kind}, {args.steps} steps")
+                warm = {}
+                if kind == "npy" and args.warm:
+                    warm = warm_the_cache(x_path, files["bytes"], budget, cgroup, args.reserve_gb)
                 result = train(args.steps, files if kind == "npy" else None, cgroup, seed=r)
+                if kind == "npy":
+                    result.update(warm, resident_after=resident_bytes(x_path) / files["bytes"])
                 samples[kind].append(result)
                 extra = ""
                 if "disk_read_gb" in result:
@@ -228,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"; the disk (machine-wide) read {result['disk_read_gb']:.2f} GB, "
                         f"{result['disk_read_gb_per_s']:.3f} GB/s over the run"
                     )
+                if "resident_after" in result:
+                    extra += f"; {100 * result['resident_after']:.0f}% cached after"
                 say(f"  {result['samples_per_second']:,.0f} samples/s{extra}")
         med = {k: statistics.median(s["samples_per_second"] for s in v) for k, v in samples.items()}
         results = {
@@ -238,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             "file_bytes": files["bytes"],
             "write_gb_per_s": files["write_gb_per_s"],
             "cold_sequential_read_gb_per_s": read_rate,
+            "warmed_before_each_npy_round": args.warm,
+            "cold_page_reclaim": reclaim,
             "steps": args.steps,
             "rounds": samples,
             "median_samples_per_second": med,
