@@ -1,12 +1,13 @@
 """``python -m benchmarks.compare``: fastdist against its peers on W1 and W2, side by side.
 
 Every contender runs in a fresh process (no library state or thread pool carries over),
-rounds are interleaved (A B C ... A B C ...) after warm-up steps, and the median of the
-rounds is reported. The GEMM peak that "% of peak" refers to is measured in the same
-run, and the JSON records the machine (CPU model and SIMD flags, cores, BLAS and its
-thread pools, library versions, commit, date: see ``benchmarks.machine``). Progress goes
-to stderr as it runs. Peers live in the source tree (``benchmarks/peers``), so run it
-from a checkout:
+rounds are interleaved (A B C ... A B C ...), each timed after the same warm-up steps
+(``--warmup``, fastdist included: its history gives the time of the later steps), and
+the median of the rounds is reported. The GEMM peak that "% of peak" refers to is
+measured in the same run, and the JSON records the machine (CPU model and SIMD flags,
+cores, BLAS and its thread pools, library versions, commit, date: see
+``benchmarks.machine``). Progress goes to stderr as it runs. Peers live in the source
+tree (``benchmarks/peers``), so run it from a checkout:
 
     python -m benchmarks.compare --memory --json docs/bench.json --plot docs/scaling.png
     python -m benchmarks.report docs/bench.json --readme README.md
@@ -15,6 +16,7 @@ from a checkout:
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
@@ -95,32 +97,47 @@ def gemm_peak() -> dict:
     }
 
 
-def _fastdist(workload: str, workers: int, steps: int, backend: str = "numba") -> dict:
+def _fastdist(
+    workload: str, workers: int, steps: int, backend: str = "numba", warmup: int = 0
+) -> dict:
+    """One fastdist run of ``warmup + steps`` steps; samples/s over the last ``steps``.
+
+    The peers time ``steps`` steps after ``warmup`` untimed ones; fastdist's own
+    samples/s counts every step from the first, so the same warm-up is taken out here:
+    the run records its history every ``warmup`` steps and the rate is that of the
+    windows after the first. Start-up (spawn to the first finished step) is reported
+    on its own."""
     with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "fastdist", f"experiment={workload}"]
+        argv += [f"workers={workers}", f"steps={warmup + steps}", f"backend={backend}"]
+        argv += ["diagnostics=false", f"hydra.run.dir={tmp}"]
+        if warmup:
+            argv.append(f"history.every={warmup}")
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fastdist",
-                f"experiment={workload}",
-                f"workers={workers}",
-                f"steps={steps}",
-                f"backend={backend}",
-                "diagnostics=false",
-                f"hydra.run.dir={tmp}",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=_env(None),
-            cwd=ROOT,
-            timeout=900,
+            argv, check=True, capture_output=True, text=True, env=_env(None), cwd=ROOT, timeout=900
         )
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
-    return {
-        "samples_per_second": metrics["samples_per_second"],
-        "startup_seconds": metrics["startup_seconds"],
-    }
+        rate = metrics["samples_per_second"]
+        if warmup:
+            rate = _rate_after(Path(tmp) / "history.csv", warmup)
+    return {"samples_per_second": rate, "startup_seconds": metrics["startup_seconds"]}
+
+
+def _rate_after(history_csv: Path, warmup: int) -> float:
+    """samples/s of the history windows that start at or after step ``warmup``."""
+    with history_csv.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["samples_per_second"]]
+    samples = seconds = 0.0
+    previous = 0.0
+    for row in rows:
+        now = float(row["wall_time"])
+        if int(row["step"]) > warmup:
+            samples += float(row["samples_per_second"]) * (now - previous)
+            seconds += now - previous
+        previous = now
+    if seconds <= 0:
+        raise RuntimeError(f"{history_csv}: no history window after step {warmup}")
+    return samples / seconds
 
 
 def _peer(name: str, workload: str, workers: int, steps: int, warmup: int) -> dict:
@@ -164,12 +181,16 @@ def contenders(
     """(label, workers, thunk) of everything to time; peers only where installed."""
     counts = _COUNTS[workload]
     runs = [
-        ("fastdist grad_avg (numba)", w, lambda w=w: _fastdist(workload, w, steps))
+        ("fastdist grad_avg (numba)", w, lambda w=w: _fastdist(workload, w, steps, warmup=warmup))
         for w in counts["numba"]
     ]
     if jax and importlib.util.find_spec("jax") is not None:
         runs += [
-            ("fastdist grad_avg (jax)", w, lambda w=w: _fastdist(workload, w, steps, "jax"))
+            (
+                "fastdist grad_avg (jax)",
+                w,
+                lambda w=w: _fastdist(workload, w, steps, "jax", warmup=warmup),
+            )
             for w in counts["jax"]
         ]
     if not peers:
@@ -375,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=40, help="timed W1 steps per run")
     parser.add_argument("--w2-steps", type=int, default=400, help="timed W2 steps per run")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (peers)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (every contender)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--workloads", default="w1,w2", help="comma-separated: w1,w2")
     parser.add_argument("--no-peers", action="store_true", help="time fastdist only")
@@ -412,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks import w3_ratios
 
         say("W3: the MNIST CNN, fastdist against its peers")
-        results["w3"] = w3_ratios.measure(args.rounds, log=lambda _: None)
+        results["w3"] = w3_ratios.measure(args.rounds, log=lambda line: say(f"    W3 {line}"))
     results["ratios"] = report.ratios(results)
     print(report.render(results))
     if args.w3:

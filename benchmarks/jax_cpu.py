@@ -1,10 +1,12 @@
-"""CPU time, not wall time, of the JAX backend against JAX-native (issue 15, item 1).
+"""CPU time, not wall time, of the JAX backend against JAX-native (issue 15, item 1),
+and the ceiling of any two single-threaded XLA workers.
 
 On a shared machine, wall-clock ratios of a 2-process synchronous run against one
 process swing with the load; the CPU time a step consumes does not (much). Two views:
 
     python -m benchmarks.jax_cpu kernel [--workload w1|w3]
     python -m benchmarks.jax_cpu runs [--workload w1|w3] [--rounds 2]
+    python -m benchmarks.jax_cpu ceiling [--rounds 3]
 
 ``kernel``: one process pinned to one CPU; CPU ms per call of fastdist's JAX and Numba
 kernels (gradient copy out included) and, for W1, of each matmul of the MLP's forward
@@ -15,11 +17,16 @@ JAX peer in one process on all cores (``jax_single``): the CPU of all child proc
 for a long run minus a short one, over the step difference, so start-up and compilation
 cancel. The fastdist side includes the barriers' spinning (up to 5 ms a wait), so load
 and imbalance inflate it; "CPU efficiency" is peer / fastdist.
+
+``ceiling`` (W1, wall time): two independent JAX peer trainings started together, each
+pinned to one core with one XLA thread, against one JAX process on all cores. Their sum
+bounds what 2 workers running XLA single-threaded can reach, before any exchange.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -140,14 +147,72 @@ def runs(workload: str, rounds: int) -> None:
     )
 
 
+# One JAX peer process pinned to ``cpu`` (-1: not pinned, XLA's default threading): it
+# compiles and warms up, waits for the common start time, then trains and prints its
+# result (JSON) on its last line.
+_PINNED_PEER = """
+import json, os, sys, time
+cpu, steps, workers = (int(a) for a in sys.argv[1:4])
+start_at = float(sys.argv[4])
+if cpu >= 0:
+    os.sched_setaffinity(0, [cpu])
+    from fastdist.models.kernels.jax_mlp import configure_jax_threads
+    os.environ.update(configure_jax_threads(1))
+from benchmarks.peers import jax_single
+jax_single.run(steps=5, warmup=3, workers=workers)
+time.sleep(max(0.0, start_at - time.time()))
+print(json.dumps(jax_single.run(steps=steps, warmup=3, workers=workers)))
+"""
+
+
+def _peers_at_once(args: list[tuple[int, int]], steps: int) -> list[float]:
+    """samples/s of JAX peer processes started together, one per (cpu, workers)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    start_at = str(time.time() + 15)  # after every process has compiled
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PINNED_PEER, str(cpu), str(steps), str(workers), start_at],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for cpu, workers in args
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [json.loads(out.strip().splitlines()[-1])["samples_per_second"] for out in outs]
+
+
+def ceiling(rounds: int, steps: int = 150) -> None:
+    """W1's ceiling for two single-threaded XLA workers: two independent JAX trainings,
+    one pinned per core (batch 256 each, the peer's fused step, nothing exchanged),
+    against one JAX process on both cores (batch 512), interleaved. No data-parallel
+    design whose workers run XLA on one thread each can beat the pair's sum."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    single, pair = [], []
+    for r in range(rounds):
+        single += _peers_at_once([(-1, 2)], steps)
+        pair.append(sum(_peers_at_once([(cpus[0], 1), (cpus[-1], 1)], steps)))
+        print(
+            f"round {r + 1}: one process all cores {single[-1]:,.0f}, two pinned "
+            f"single-thread processes {pair[-1]:,.0f} samples/s",
+            flush=True,
+        )
+    ratio = statistics.median(pair) / statistics.median(single)
+    print(f"w1: ceiling of 2 single-threaded XLA workers = {ratio:.2f}x JAX on all cores")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("kernel", "runs"))
+    parser.add_argument("what", choices=("kernel", "runs", "ceiling"))
     parser.add_argument("--workload", choices=("w1", "w3"), default="w1")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.what == "kernel":
         kernel(args.workload)
+    elif args.what == "ceiling":
+        ceiling(max(args.rounds, 3))
     else:
         runs(args.workload, args.rounds)
 

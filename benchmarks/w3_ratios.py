@@ -104,9 +104,10 @@ def measure(rounds: int = 3, steps: int = 20, only=None, log=print) -> dict:
         for name, (cmd, threads) in todo.items():
             try:
                 samples[name].append(_run(cmd, threads))
+                done = f"{samples[name][-1]:,.0f} samples/s"
             except RuntimeError as exc:  # e.g. a peer library missing: report, go on
-                log(f"round {r}: {exc}")
-            log(f"round {r} {name}: {samples[name][-1:] or 'failed'}")
+                done = f"failed: {exc}"
+            log(f"round {r + 1}/{rounds} {name}: {done}")
     rate = {k: statistics.median(v) for k, v in samples.items() if v}
     return {"samples_per_second": rate, "rounds": samples, "ratios": ratios(rate)}
 

@@ -73,3 +73,22 @@ def test_w3_rows_and_targets_come_from_the_contenders_that_ran():
     assert not any("torch" in what for what in table)
     body = render({**RESULTS, "w3": w3})
     assert "| fastdist_jax_2w | 80 |" in body and "W3: fastdist_jax_2w" in body
+
+
+def test_fastdist_rate_leaves_out_the_warm_up_steps_like_the_peers(tmp_path):
+    """benchmarks.compare times fastdist over the history windows after ``--warmup``
+    steps: a slow first window must not count, and the rest is samples over seconds."""
+    from benchmarks.compare import _rate_after
+
+    history = tmp_path / "history.csv"
+    history.write_text(
+        "step,wall_time,samples_per_second\n"
+        "0,0.0,\n"
+        "5,1.0,100.0\n"  # the warm-up window: 100 samples in 1 s
+        "10,1.5,1000.0\n"  # 500 samples in 0.5 s
+        "15,2.5,500.0\n"  # 500 samples in 1 s
+    )
+    assert _rate_after(history, 5) == pytest.approx(1000 / 1.5)
+    assert _rate_after(history, 0) == pytest.approx(1100 / 2.5)
+    with pytest.raises(RuntimeError, match="no history window"):
+        _rate_after(history, 15)
