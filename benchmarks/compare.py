@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.warmup import rate_after
+
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (benchmarks/ lives here)
@@ -124,20 +126,8 @@ def _fastdist(
 
 
 def _rate_after(history_csv: Path, warmup: int) -> float:
-    """samples/s of the history windows that start at or after step ``warmup``."""
     with history_csv.open() as fh:
-        rows = [r for r in csv.DictReader(fh) if r["samples_per_second"]]
-    samples = seconds = 0.0
-    previous = 0.0
-    for row in rows:
-        now = float(row["wall_time"])
-        if int(row["step"]) > warmup:
-            samples += float(row["samples_per_second"]) * (now - previous)
-            seconds += now - previous
-        previous = now
-    if seconds <= 0:
-        raise RuntimeError(f"{history_csv}: no history window after step {warmup}")
-    return samples / seconds
+        return rate_after(csv.DictReader(fh), warmup)
 
 
 def _peer(name: str, workload: str, workers: int, steps: int, warmup: int) -> dict:

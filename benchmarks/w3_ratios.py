@@ -3,9 +3,9 @@ SGD): fastdist against its peers, side by side in one run.
 
     .venv/bin/python -m benchmarks.w3_ratios [--rounds 3] [--steps 20] [--json PATH]
 
-Every contender runs in a fresh process; rounds are interleaved (all contenders once,
-then again), and each contender's median samples/s over the rounds is reported, so
-background load hits every side alike. Targets (issue 11):
+Every contender runs in a fresh process and is timed after the same 3 warm-up steps;
+rounds are interleaved (all contenders once, then again), and each contender's median
+samples/s over the rounds is reported, so background load hits every side alike. Targets (issue 11):
 
 * fastdist Numba, 1 worker >= 1.0x PyTorch, same net, 1 process x 1 thread;
 * fastdist 2 workers >= 1.8x 1 worker;
@@ -26,13 +26,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 3  # untimed steps of every contender
 _PIN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
+# fastdist runs WARMUP + steps steps with its history every WARMUP steps; its rate is
+# that of the steps after the first window, like the peers' (benchmarks.warmup).
 _FASTDIST = """
 import json, sys, fastdist
+from benchmarks.warmup import rate_after
 cfg = fastdist.compose(sys.argv[1:])
-m = fastdist.train(cfg).metrics
-print(json.dumps({"samples_per_second": m["samples_per_second"]}))
+rate = rate_after(fastdist.train(cfg).history, cfg.history.every)
+print(json.dumps({"samples_per_second": rate}))
 """
 
 
@@ -54,9 +58,10 @@ def _run(args: list[str], threads: int | None) -> float:
 
 
 def contenders(steps: int) -> dict[str, tuple[list[str], int | None]]:
-    run = ["experiment=w3", f"steps={steps}", "diagnostics=false"]
+    run = ["experiment=w3", f"steps={WARMUP + steps}", f"history.every={WARMUP}"]
+    run += ["diagnostics=false"]
     peer = ["-m", "benchmarks.peers.cnn_peers"]
-    timed = ["--steps", str(steps), "--warmup", "3"]
+    timed = ["--steps", str(steps), "--warmup", str(WARMUP)]
     return {
         "fastdist_numba_1w": (["-c", _FASTDIST, *run, "workers=1"], 1),
         "fastdist_numba_2w": (["-c", _FASTDIST, *run, "workers=2"], 1),

@@ -92,3 +92,13 @@ def test_fastdist_rate_leaves_out_the_warm_up_steps_like_the_peers(tmp_path):
     assert _rate_after(history, 0) == pytest.approx(1100 / 2.5)
     with pytest.raises(RuntimeError, match="no history window"):
         _rate_after(history, 15)
+    # RunResult.history's rows (numbers, None for no rate) give the same answer.
+    from benchmarks.warmup import rate_after
+
+    rows = [
+        {"step": 0, "wall_time": 0.0, "samples_per_second": None},
+        {"step": 5, "wall_time": 1.0, "samples_per_second": 100.0},
+        {"step": 10, "wall_time": 1.5, "samples_per_second": 1000.0},
+        {"step": 15, "wall_time": 2.5, "samples_per_second": 500.0},
+    ]
+    assert rate_after(rows, 5) == pytest.approx(1000 / 1.5)
