@@ -5,7 +5,8 @@ SGD): fastdist against its peers, side by side in one run.
 
 Every contender runs in a fresh process and is timed after the same 3 warm-up steps;
 rounds are interleaved (all contenders once, then again), and each contender's median
-samples/s over the rounds is reported, so background load hits every side alike. Targets (issue 11):
+samples/s over the rounds is reported, so background load hits every side alike.
+Targets (issue 11):
 
 * fastdist Numba, 1 worker >= 1.0x PyTorch, same net, 1 process x 1 thread;
 * fastdist 2 workers >= 1.8x 1 worker;
