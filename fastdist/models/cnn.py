@@ -71,7 +71,7 @@ class ConvLayer:
         return self.kh * self.kw * self.cin
 
     def row(self) -> tuple[int, ...]:
-        """The integer geometry row the Numba kernel reads (see numba_cnn._GEOM)."""
+        """The integer geometry row the Numba kernel reads (columns: kernels.numba_im2col.GEOM)."""
         return (
             *(self.cin, self.h, self.w, self.cout, self.kh, self.kw, self.sh, self.sw),
             *(self.ph, self.pw, self.ho, self.wo, self.qh, self.qw, self.hp, self.wp),
