@@ -33,7 +33,7 @@ __all__ = ["NumbaCNNKernel"]
 
 
 class NumbaCNNKernel:
-    """Compiled loss/gradient and prediction for one :class:`~fastdist.models.cnn.CNN`.
+    """Compiled loss/gradient and prediction for one :class:`~fastdist.models.cnn_record.CNN`.
 
     Workspaces are sized for ``max_batch`` rows when first needed; prediction runs in
     chunks of at most 64 rows, so evaluating a large test set does not size im2col

@@ -17,7 +17,7 @@ CHUNK_FLOATS = 1 << 17
 
 def workspace(model, rows: int) -> tuple:
     """(offsets, cols, z, pooled, argmax, dense acts, dcols, dW part, delta_a, delta_b) for
-    up to ``rows`` rows of ``model`` (a :class:`~fastdist.models.cnn.CNN`).
+    up to ``rows`` rows of ``model`` (a :class:`~fastdist.models.cnn_record.CNN`).
 
     ``offsets[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
     offset) of a conv layer; dense layer j's row is ``offsets[n_conv + j]`` = (weight

@@ -2,7 +2,7 @@
 as the rows of a matrix, channels-last, for a chunk of samples.
 
 Every function here reads a layer's geometry as a row of ints, ``g``, whose columns are
-:data:`GEOM` (:meth:`fastdist.models.cnn.ConvLayer.row` builds it); the other CNN
+:data:`GEOM` (:meth:`fastdist.models.conv_layer.ConvLayer.row` builds it); the other CNN
 kernel modules index the same columns.
 """
 
