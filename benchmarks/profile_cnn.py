@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from benchmarks.peers.cnn_peers import w3_model
-from fastdist.models.kernels.numba_cnn import _col2im, _im2col
+from fastdist.models.kernels.numba_im2col import col2im, im2col
 
 
 def _ms(fn, repeats: int = 7) -> float:
@@ -60,7 +60,7 @@ def profile(batch: int) -> dict[str, float]:
             return lambda: [fn(b0, b1) for b0, b1 in chunks]  # noqa: B023
 
         name = f"conv{layer} (chunks of {step} samples)"
-        out[f"{name} im2col"] = _ms(run(lambda b0, b1: _im2col(a, layer == 0, g, b0, b1, cols)))  # noqa: B023
+        out[f"{name} im2col"] = _ms(run(lambda b0, b1: im2col(a, layer == 0, g, b0, b1, cols)))  # noqa: B023
         out[f"{name} forward GEMM"] = _ms(
             run(lambda b0, b1: np.dot(cols_of(b0, b1), w, z[b0 * per : b1 * per]))  # noqa: B023
         )
@@ -71,7 +71,7 @@ def profile(batch: int) -> dict[str, float]:
             out[f"{name} backward-data GEMM"] = _ms(
                 run(lambda b0, b1: np.dot(dz[b0 * per : b1 * per], w.T, cols_of(b0, b1)))  # noqa: B023
             )
-            out[f"{name} col2im"] = _ms(run(lambda b0, b1: _col2im(dcols, g, b0, b1, da)))  # noqa: B023
+            out[f"{name} col2im"] = _ms(run(lambda b0, b1: col2im(dcols, g, b0, b1, da)))  # noqa: B023
         a = np.maximum(z, 0).reshape(-1)
     grad = np.empty_like(params)
     out["whole step"] = _ms(lambda: kernel.loss_and_grad(params, x, y, grad))

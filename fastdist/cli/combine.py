@@ -37,7 +37,7 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     from fastdist.combiners.base import Sync
     from fastdist.data.files import no_cache_writes
     from fastdist.run.combine import combine
-    from fastdist.run.config import validate
+    from fastdist.run.config_checks import validate
     from fastdist.run.preparation import prepare_data
     from fastdist.run.records import build_combiner, build_model, check_saved_overrides
     from fastdist.run.states import load_states, split_hash

@@ -1,4 +1,5 @@
-"""Spawn-context worker processes supervised by the coordinator.
+"""Spawn-context worker processes supervised by the coordinator: :class:`WorkerPool`
+starts them, relays their messages, notices failures and shuts them down.
 
 Workers get their arrays from the shared arena; the pipes here carry only small control
 messages (ready, progress, done, error). The coordinator waits on the pipes and on the
@@ -11,199 +12,40 @@ deadlock) never closes a pipe, so workers also beat a heartbeat in the pool's se
 (at every step and while waiting at the barrier); one that stays silent longer than the
 pool's ``worker_timeout`` is killed and reported like a dead one (see
 :class:`Liveness`).
+
+The worker's side lives elsewhere: :mod:`~fastdist.engine.bootstrap` (its start-up and
+end), :mod:`~fastdist.engine.worker_context` (what it receives) and
+:mod:`~fastdist.engine.worker_errors` (how its failure reaches the coordinator).
+:class:`WorkerContext` and :class:`RemoteTraceback` are re-exported here, where users
+of the pool import them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from fastdist.engine.barrier import SpinBarrier, barrier_shape
+from fastdist.engine.bootstrap import bootstrap
 from fastdist.engine.liveness import Liveness, heartbeat_shape
-from fastdist.engine.shm import ArenaSpec, SharedArena
+from fastdist.engine.shm import SharedArena
 from fastdist.engine.signals import deferred_signals
+from fastdist.engine.spawning import cpu_sets, standard_start_method
 from fastdist.engine.threads import environment, thread_env
-from fastdist.errors import FastdistError, WorkerError
+from fastdist.engine.worker_context import WorkerContext
+from fastdist.engine.worker_errors import RemoteTraceback, describe_exit, worker_failure
+from fastdist.errors import WorkerError
 
 __all__ = ["WorkerPool", "WorkerContext", "RemoteTraceback"]
 
-_PR_SET_PDEATHSIG = 1
 _GRACE_SECONDS = 1.0
-
-
-@dataclass
-class WorkerContext:
-    """What a worker function receives besides its rank and its own arguments."""
-
-    rank: int
-    n_workers: int
-    barrier: SpinBarrier  # shared by the workers; the coordinator can abort it
-    _conn: Connection
-    _heartbeat: np.ndarray | None = None  # this worker's row of the pool's heartbeats
-    _last_step_ns: int = 0
-    _slowest_ns: int = 0
-
-    def send(self, kind: str, payload: Any = None) -> None:
-        """A small control message to the coordinator (never an array)."""
-        self._conn.send((kind, self.rank, payload))
-
-    def heartbeat(self, step: int) -> None:
-        """``step`` steps are done: tell the coordinator this worker is making progress
-        (a few array stores; call it once per step)."""
-        beat = self._heartbeat
-        if beat is None:
-            return
-        now = time.monotonic_ns()
-        if self._last_step_ns:
-            took = now - self._last_step_ns
-            if took > self._slowest_ns:  # rare: written only when it grows
-                self._slowest_ns = beat[3] = took
-        else:
-            beat[2] = 1  # stepping: past imports and compilation
-        self._last_step_ns = now
-        beat[1] = step
-        beat[0] = now
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this worker if the coordinator dies, so a killed coordinator
-    leaves no orphan computing into a segment nobody reads.
-
-    ``parent`` is the coordinator's pid as it recorded it when spawning: comparing with
-    it (not with 1) also works when the coordinator itself is PID 1, as in a container.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _bootstrap(
-    target: Callable,
-    rank: int,
-    n_workers: int,
-    args: tuple,
-    conn,
-    sync_spec: ArenaSpec,
-    cpus: tuple[int, ...] | None,
-    parent: int,
-) -> None:
-    # Ctrl-C reaches the whole process group; only the coordinator decides what it means.
-    # The child started with SIGINT blocked (WorkerPool.start): ignoring it discards one
-    # that arrived meanwhile, and only then is it unblocked.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    _die_with_parent(parent)
-    if cpus:
-        # Before any math library starts its threads: XLA sizes its pool from this set.
-        os.sched_setaffinity(0, cpus)
-    sync = SharedArena.attach(sync_spec)
-    beat = sync["heartbeat"][rank]
-    beat[0] = time.monotonic_ns()
-    barrier = SpinBarrier(sync["barrier"], rank, heartbeat=beat)
-    ctx = WorkerContext(rank, n_workers, barrier, conn, beat)
-    try:
-        target(ctx, *args)
-    except threading.BrokenBarrierError:
-        # The coordinator aborted the barrier because another worker failed; it already
-        # knows why, so leave quietly.
-        os._exit(1)
-    except BaseException as exc:  # report everything, including SystemExit from user code
-        # Expected failures keep their type (the CLI maps it to an exit code); anything
-        # else is reported as "Type: first line". The worker's traceback travels along
-        # and becomes the coordinator's exception's __cause__ (as loky does).
-        expected = isinstance(exc, FastdistError)
-        detail = {
-            "type": type(exc).__name__ if expected else "",
-            "message": str(exc).strip().splitlines()[0] if expected else _one_line(exc),
-            "traceback": traceback.format_exc(),
-        }
-        with contextlib.suppress(BrokenPipeError, OSError):
-            conn.send(("error", rank, detail))
-        os._exit(1)
-    finally:
-        conn.close()
-        del ctx
-        sync.close()
-
-
-class RemoteTraceback(Exception):
-    """A worker's traceback, attached as the ``__cause__`` of the error it raised."""
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
-
-
-def _worker_failure(rank: int, detail: dict) -> FastdistError:
-    """Re-create a worker's expected error in the coordinator (same type, rank named)."""
-    from fastdist import errors
-
-    cls = getattr(errors, detail["type"], None) if detail["type"] else None
-    if isinstance(cls, type) and issubclass(cls, FastdistError):
-        error = cls(f"worker {rank}: {detail['message']}")
-    else:
-        error = WorkerError(f"worker {rank} failed: {detail['message']}")
-    error.__cause__ = RemoteTraceback(detail.get("traceback", ""))
-    return error
-
-
-@contextlib.contextmanager
-def _standard_start_method():
-    """Inside a joblib/loky worker (Hydra's joblib launcher) the global start method is
-    "loky", which a spawned child's bootstrap cannot look up ("cannot find context for
-    'loky'"): children record the global method in their preparation data. Make "spawn"
-    the global method while our children start (public API only), then put the host's
-    back."""
-    method = mp.get_start_method(allow_none=True)
-    if method is None or method in mp.get_all_start_methods():
-        yield
-        return
-    mp.set_start_method("spawn", force=True)
-    try:
-        yield
-    finally:
-        mp.set_start_method(method, force=True)
-
-
-def _cpu_sets(n_workers: int, threads: int) -> list[tuple[int, ...]]:
-    """``threads`` CPUs per worker, round-robin over the CPUs this process may use
-    (workers share CPUs only when workers x threads exceeds them)."""
-    available = sorted(os.sched_getaffinity(0))
-    return [
-        tuple(sorted({available[(rank * threads + i) % len(available)] for i in range(threads)}))
-        for rank in range(n_workers)
-    ]
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class WorkerPool:
@@ -239,14 +81,14 @@ class WorkerPool:
         self.liveness = Liveness(self._sync["heartbeat"], worker_timeout)
         self._target, self._args = target, args
         self._env = {**thread_env(threads), **(extra_env or {})}
-        self._cpus = _cpu_sets(n_workers, threads) if pin_cpus else [None] * n_workers
+        self._cpus = cpu_sets(n_workers, threads) if pin_cpus else [None] * n_workers
         self._procs: list[mp.Process] = []
         self._conns: list[Connection] = []
 
     def start(self) -> None:
         # Children inherit a blocked SIGINT through fork and exec, so a Ctrl-C during
         # their start-up cannot print a traceback from them (they ignore it and unblock
-        # it in _bootstrap). Here it is held back, not ignored: delivered once every
+        # it in bootstrap). Here it is held back, not ignored: delivered once every
         # worker has been started (a KeyboardInterrupt between spawning a child and
         # sending it its start-up data would leave that child reading a closed pipe).
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -257,11 +99,11 @@ class WorkerPool:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _start_all(self) -> None:
-        with environment(self._env), _standard_start_method():
+        with environment(self._env), standard_start_method():
             for rank in range(self.n_workers):
                 recv, send = self._ctx.Pipe(duplex=False)
                 proc = self._ctx.Process(
-                    target=_bootstrap,
+                    target=bootstrap,
                     args=(
                         self._target,
                         rank,
@@ -321,7 +163,7 @@ class WorkerPool:
                     if not isinstance(obj, Connection) and rank not in results:
                         self._procs[rank].join(_GRACE_SECONDS)
                         raise WorkerError(
-                            f"worker {rank} {_describe_exit(self._procs[rank].exitcode)} "
+                            f"worker {rank} {describe_exit(self._procs[rank].exitcode)} "
                             "before finishing"
                         )
                 except WorkerError as exc:
@@ -344,7 +186,7 @@ class WorkerPool:
             if kind == "done":
                 results[rank] = payload
             elif kind == "error":
-                raise _worker_failure(rank, payload)
+                raise worker_failure(rank, payload)
             elif on_message is not None:
                 on_message(kind, rank, payload)
 

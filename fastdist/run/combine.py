@@ -12,7 +12,7 @@ from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs
 from fastdist.combiners.evaluate import evaluate
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
-from fastdist.run.config import enum_value
+from fastdist.run.config_schema import enum_value
 from fastdist.run.diagnostics import worker_diagnostics
 from fastdist.run.distributed import gather_rows
 from fastdist.run.preparation import PreparedData

@@ -26,7 +26,8 @@ from fastdist.run.accounting import run_accounting
 from fastdist.run.arena import arena_arrays, check_data_memory, fill_arena, resume_into
 from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
-from fastdist.run.config import checkpointing, enum_value, validate
+from fastdist.run.config_checks import checkpointing, validate
+from fastdist.run.config_schema import enum_value
 from fastdist.run.distributed import world
 from fastdist.run.placement import Placement, plan_run
 from fastdist.run.pool_cache import pool_options, reuse_requested

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastdist.optim.schedules import LearningRate, lr_scale
-from fastdist.run.config import enum_value
+from fastdist.run.config_schema import enum_value
 from fastdist.run.preparation import PreparedData, plan_steps
 from fastdist.run.watch import history_plan
 

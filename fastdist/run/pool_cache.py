@@ -119,7 +119,8 @@ def _sweeps_the_pool(config) -> bool:
 
 def _pool_for_sweep(config) -> tuple[int, str, dict] | None:
     """The pool every job of this multirun will ask for, if they all ask for one."""
-    from fastdist.run.config import enum_value, validate
+    from fastdist.run.config_checks import validate
+    from fastdist.run.config_schema import enum_value
 
     if config.hydra.launcher.get("_target_") != _BASIC_LAUNCHER:
         return None  # jobs run in other processes (joblib, submitit)

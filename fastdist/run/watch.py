@@ -3,7 +3,7 @@ handler (epoch lines + history + display) the coordinator hands to the pool."""
 
 from __future__ import annotations
 
-from fastdist.run.config import enum_value
+from fastdist.run.config_schema import enum_value
 from fastdist.run.history import COLUMNS, History, bytes_per_sync, combined_scorer, learning_rate
 from fastdist.run.loggers import make_sinks
 from fastdist.run.progress import EpochLog, make_display

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 __all__ = ["FastdistSchemaSource", "FastdistSearchPath"]
 
 FASTDIST_CONFIGS = "pkg://fastdist.conf"
-SCHEMAS = "fastdist://fastdist.run.config"
+SCHEMAS = "fastdist://fastdist.run.record_schemas"
 PARSED_ONCE = "fastdist-pkg://fastdist.conf"
 
 

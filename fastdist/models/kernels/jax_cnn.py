@@ -54,7 +54,8 @@ def cnn_forward(model):
 
 
 class JaxCNNKernel(JaxKernel):
-    """XLA-compiled loss/gradient and prediction for one :class:`~fastdist.models.cnn.CNN`."""
+    """XLA-compiled loss/gradient and prediction for one
+    :class:`~fastdist.models.cnn_record.CNN`."""
 
     def _forward(self, model):
         return cnn_forward(model)

@@ -1,0 +1,146 @@
+"""The Numba CNN's training step: forward pass, loss, and backward pass in one compiled
+call. Dense layers back to the conv features, then per conv layer: max-pool's argmax
+routing, the ReLU mask, the bias gradient, and per chunk of samples im2col again,
+backward-weights (``dW += cols.T @ dZ``) and backward-data (``dcols = dZ @ W.T`` then
+col2im; skipped for the first layer)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastdist.models.kernels.numba_cnn_forward import cnn_forward
+from fastdist.models.kernels.numba_im2col import col2im, im2col
+from fastdist.models.kernels.numba_loss import softmax_cross_entropy
+
+__all__ = ["cnn_loss_and_grad"]
+
+
+@njit(cache=True, nogil=True)
+def cnn_loss_and_grad(
+    params,
+    geom,
+    dense,
+    offs,
+    x,
+    y,
+    grad,
+    cols,
+    zbuf,
+    pbuf,
+    argbuf,
+    acts,
+    dcols,
+    gw_part,
+    delta_a,
+    delta_b,
+):
+    """Forward, softmax cross-entropy, then the gradient of the mean loss into ``grad``;
+    return (mean loss, #correct). The arguments after ``grad`` are the workspaces of
+    :func:`~fastdist.models.kernels.numba_cnn_workspace.workspace`."""
+    batch = x.shape[0]
+    n_conv = geom.shape[0]
+    n_dense = dense.shape[0] - 1
+    logits = cnn_forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts)
+    n_classes = dense[n_dense]
+
+    # Softmax cross-entropy; delta = (softmax - onehot) / batch.
+    delta = delta_a[: batch * n_classes].reshape((batch, n_classes))
+    loss, correct = softmax_cross_entropy(logits, y, delta)
+
+    # Dense layers, last first; the delta ends as d(loss)/d(flattened conv features).
+    in_a = True  # which of delta_a / delta_b holds ``delta``
+    last = geom[n_conv - 1]
+    for j in range(n_dense - 1, -1, -1):
+        fan_in, fan_out = dense[j], dense[j + 1]
+        o = offs[n_conv + j]
+        if j == 0:
+            if last[12] * last[13] > 1:
+                h_in = pbuf[offs[n_conv - 1, 4] : offs[n_conv - 1, 4] + batch * fan_in]
+            else:
+                h_in = zbuf[offs[n_conv - 1, 3] : offs[n_conv - 1, 3] + batch * fan_in]
+        else:
+            po = offs[n_conv + j - 1, 3]
+            h_in = acts[po : po + batch * fan_in]
+        h2 = h_in.reshape((batch, fan_in))
+        gw = grad[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
+        gb = grad[o[1] : o[1] + fan_out]
+        np.dot(h2.T, delta, gw)
+        for k in range(fan_out):
+            gb[k] = 0.0
+        for i in range(batch):
+            for k in range(fan_out):
+                gb[k] += delta[i, k]
+        wmat = params[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
+        buf = delta_b if in_a else delta_a
+        in_a = not in_a
+        prev = buf[: batch * fan_in].reshape((batch, fan_in))
+        np.dot(delta, wmat.T, prev)
+        if j > 0:
+            for i in range(batch):
+                for k in range(fan_in):
+                    prev[i, k] = prev[i, k] if h2[i, k] > 0.0 else 0.0
+        delta = prev
+
+    # Conv layers, last first. ``dp`` is d(loss)/d(pooled output), flat NHWC.
+    for layer in range(n_conv - 1, -1, -1):
+        g = geom[layer]
+        cin, cout, kh, kw = g[0], g[3], g[4], g[5]
+        ho, wo, qh, qw, hp, wp = g[10], g[11], g[12], g[13], g[14], g[15]
+        patch = kh * kw * cin
+        rows = batch * ho * wo
+        dp = (delta_a if in_a else delta_b)[: batch * hp * wp * cout]
+        z = zbuf[offs[layer, 3] : offs[layer, 3] + rows * cout]
+        if qh * qw > 1:
+            dz = (delta_b if in_a else delta_a)[: rows * cout]
+            dz_in_a = not in_a
+            for t in range(rows * cout):
+                dz[t] = 0.0
+            arg = argbuf[offs[layer, 4] : offs[layer, 4] + batch * hp * wp * cout]
+            for t in range(batch * hp * wp * cout):
+                dz[arg[t]] = dp[t]
+        else:
+            dz = dp
+            dz_in_a = in_a
+        for t in range(rows * cout):
+            dz[t] = dz[t] if z[t] > 0.0 else 0.0  # branch-free: the mask is random
+        dz2 = dz.reshape((rows, cout))
+        gb = grad[offs[layer, 1] : offs[layer, 1] + cout]
+        for c in range(cout):
+            gb[c] = 0.0
+        for r in range(rows):
+            for c in range(cout):
+                gb[c] += dz2[r, c]
+        # Per chunk of samples, all in cache: im2col again (cheaper than keeping the
+        # whole batch's columns in memory), backward-weights accumulated, backward-data
+        # and col2im.
+        gw = grad[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
+        part = gw_part[: patch * cout].reshape((patch, cout))
+        wmat = params[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
+        a = x.reshape(x.size)
+        if layer > 0:
+            prev = geom[layer - 1]
+            if prev[12] * prev[13] > 1:
+                a = pbuf[offs[layer - 1, 4] : offs[layer - 1, 4] + batch * g[0] * g[1] * g[2]]
+            else:
+                a = zbuf[offs[layer - 1, 3] : offs[layer - 1, 3] + batch * g[0] * g[1] * g[2]]
+        da = (delta_b if dz_in_a else delta_a)[: batch * g[1] * g[2] * cin]
+        step = offs[layer, 2]
+        for b0 in range(0, batch, step):
+            b1 = min(b0 + step, batch)
+            n = (b1 - b0) * ho * wo
+            c2 = cols[: n * patch].reshape((n, patch))
+            im2col(a, layer == 0, g, b0, b1, cols)
+            dzc = dz2[b0 * ho * wo : b1 * ho * wo]
+            if b0 == 0:
+                np.dot(c2.T, dzc, gw)
+            else:
+                np.dot(c2.T, dzc, part)
+                gw += part
+            if layer > 0:
+                dc = dcols[: n * patch]
+                np.dot(dzc, wmat.T, dc.reshape((n, patch)))
+                col2im(dc, g, b0, b1, da)
+        if layer > 0:
+            in_a = not dz_in_a
+    return loss, correct

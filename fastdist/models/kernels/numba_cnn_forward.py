@@ -1,0 +1,71 @@
+"""The Numba CNN's forward pass: the whole network (conv layers as chunked im2col + GEMM,
+ReLU, max-pool, then the dense layers) in one compiled call, into workspaces laid out by
+:mod:`~fastdist.models.kernels.numba_cnn_workspace`."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastdist.models.kernels.numba_im2col import im2col
+from fastdist.models.kernels.numba_maxpool import max_pool
+
+__all__ = ["cnn_forward"]
+
+
+@njit(cache=True, nogil=True)
+def cnn_forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts):
+    """Fill the workspaces; return the logits (batch, classes) view of ``acts``.
+
+    ``offs[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
+    offset) of a conv layer; dense layer j's (weight, bias) offsets are
+    ``offs[n_conv + j, :2]``, its output at ``offs[n_conv + j, 3]``.
+    """
+    n_conv = geom.shape[0]
+    a = x.reshape(x.size)
+    for layer in range(n_conv):
+        g = geom[layer]
+        cout, kh, kw, cin = g[3], g[4], g[5], g[0]
+        ho, wo, qh, qw, hp, wp = g[10], g[11], g[12], g[13], g[14], g[15]
+        patch = kh * kw * cin
+        rows = batch * ho * wo
+        wmat = params[offs[layer, 0] : offs[layer, 0] + patch * cout].reshape((patch, cout))
+        bias = params[offs[layer, 1] : offs[layer, 1] + cout]
+        z = zbuf[offs[layer, 3] : offs[layer, 3] + rows * cout]
+        z2 = z.reshape((rows, cout))
+        step = offs[layer, 2]  # samples per chunk: the chunk's im2col stays in cache
+        for b0 in range(0, batch, step):
+            b1 = min(b0 + step, batch)
+            n = (b1 - b0) * ho * wo
+            c2 = cols[: n * patch].reshape((n, patch))
+            im2col(a, layer == 0, g, b0, b1, cols)
+            np.dot(c2, wmat, z2[b0 * ho * wo : b1 * ho * wo])
+        for r in range(rows):
+            for c in range(cout):
+                v = z2[r, c] + bias[c]
+                z2[r, c] = v if v > 0.0 else 0.0
+        if qh * qw > 1:
+            p = pbuf[offs[layer, 4] : offs[layer, 4] + batch * hp * wp * cout]
+            arg = argbuf[offs[layer, 4] : offs[layer, 4] + batch * hp * wp * cout]
+            max_pool(z, g, batch, p, arg)
+            a = p
+        else:
+            a = z
+    n_dense = dense.shape[0] - 1
+    h = a[: batch * dense[0]].reshape((batch, dense[0]))
+    for j in range(n_dense):
+        fan_in, fan_out = dense[j], dense[j + 1]
+        o = offs[n_conv + j]
+        wmat = params[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
+        bias = params[o[1] : o[1] + fan_out]
+        zz = acts[o[3] : o[3] + batch * fan_out].reshape((batch, fan_out))
+        np.dot(h, wmat, zz)
+        relu = j < n_dense - 1
+        for i in range(batch):
+            for k in range(fan_out):
+                v = zz[i, k] + bias[k]
+                if relu and v < 0.0:
+                    v = 0.0
+                zz[i, k] = v
+        h = zz
+    return h

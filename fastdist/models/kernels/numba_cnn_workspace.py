@@ -1,0 +1,59 @@
+"""Buffers of the Numba CNN kernel, sized once for a batch: where each layer's weights,
+activations, pooled maps and argmaxes sit, and how many samples one im2col chunk holds.
+
+The batch is walked in chunks of samples whose columns fit in L2: a whole batch's
+columns (42 MB for W3's second conv) would go to DRAM and back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CHUNK_FLOATS", "workspace"]
+
+# im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
+CHUNK_FLOATS = 1 << 17
+
+
+def workspace(model, rows: int) -> tuple:
+    """(offsets, cols, z, pooled, argmax, dense acts, dcols, dW part, delta_a, delta_b) for
+    up to ``rows`` rows of ``model`` (a :class:`~fastdist.models.cnn_record.CNN`).
+
+    ``offsets[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
+    offset) of a conv layer; dense layer j's row is ``offsets[n_conv + j]`` = (weight
+    offset, bias offset, 0, output offset, 0).
+    """
+    layout = model.layout
+    offs = np.zeros((len(model.convs) + len(model.dense) - 1, 5), dtype=np.int64)
+    n_z = n_p = n_acts = n_cols = widest_w = 0
+    widest = max(model.dense)
+    for layer, c in enumerate(model.convs):
+        weight, bias = (
+            layout.bounds(f"conv{layer}.weight")[0],
+            layout.bounds(f"conv{layer}.bias")[0],
+        )
+        # Samples per chunk: im2col columns of about CHUNK_FLOATS, at least one sample.
+        step = max(1, min(rows, CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
+        offs[layer] = (weight, bias, step, n_z, n_p)
+        n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
+        widest_w = max(widest_w, c.patch * c.cout)
+        n_z += rows * c.ho * c.wo * c.cout
+        n_p += rows * c.hp * c.wp * c.cout if c.qh * c.qw > 1 else 0
+        widest = max(widest, c.ho * c.wo * c.cout, c.h * c.w * c.cin)
+    for j in range(len(model.dense) - 1):
+        weight, bias = layout.bounds(f"dense{j}.weight")[0], layout.bounds(f"dense{j}.bias")[0]
+        offs[len(model.convs) + j] = (weight, bias, 0, n_acts, 0)
+        n_acts += rows * model.dense[j + 1]
+    f32 = np.float32
+    return (
+        offs,
+        np.empty(max(n_cols, 1), f32),
+        np.empty(max(n_z, 1), f32),
+        np.empty(max(n_p, 1), f32),
+        np.empty(max(n_p, 1), np.int64),
+        np.empty(max(n_acts, 1), f32),
+        np.empty(max(n_cols, 1), f32),
+        np.empty(max(widest_w, 1), f32),
+        np.empty(rows * widest, f32),
+        np.empty(rows * widest, f32),
+    )
