@@ -235,7 +235,9 @@ def _read_npz(npz: Path) -> dict[str, np.ndarray]:
     try:
         return read_npz(npz, _IDX_FILES)
     except MissingArrays as exc:
-        raise ConfigError(f"{exc} (need {', '.join(_IDX_FILES)})") from None
+        raise ConfigError(
+            f"{npz}: missing array(s) {', '.join(exc.missing)} (need {', '.join(_IDX_FILES)})"
+        ) from None
 
 
 def _validate(name: str, arrays: dict[str, np.ndarray]) -> None:
