@@ -3,14 +3,19 @@ in-place preparation of every dataset (shuffled by index, bitwise the same run).
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 
 import fastdist
 from fastdist.data.datasets import clear_dataset_cache, make_synthetic
+from fastdist.engine.memory import human_bytes
 from fastdist.engine.rows import open_rows
-from fastdist.engine.shm import list_segments
+from fastdist.engine.shm import LOCK_SUFFIX, SEGMENT_PREFIX, SHM_DIR, list_segments
 from fastdist.errors import ConfigError
+from fastdist.run.arena import data_memory_plan
 from fastdist.run.preparation import prepare_data
 from tests.conftest import small_run
 
@@ -211,3 +216,51 @@ def test_warm_workers_open_each_jobs_rows(npy_files):
         cold = fastdist.train(fastdist.compose([*job, "pool.reuse=false"]))
         np.testing.assert_array_equal(hot.worker_params, cold.worker_params)
     np.testing.assert_array_equal(warm[0].worker_params, warm[1].worker_params)
+
+
+def _own_segment_bytes() -> int:
+    """The bytes of this process's segments in /dev/shm (other runs may share it)."""
+    own = f"{SEGMENT_PREFIX}{os.getpid()}-"
+    return sum(
+        os.stat(os.path.join(SHM_DIR, name)).st_size
+        for name in os.listdir(SHM_DIR)
+        if name.startswith(own) and not name.endswith(LOCK_SUFFIX)
+    )
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+@pytest.mark.parametrize("source", ["npy", "synthetic"])
+def test_the_memory_plan_is_what_the_data_put_in_shared_memory(npy_files, source, fraction):
+    run = _npy_run(npy_files) if source == "npy" else small_run()
+    cfg = fastdist.compose([*run, f"validation_fraction={fraction}"])
+    shared, _ = data_memory_plan(cfg, fraction)
+    before = _own_segment_bytes()
+    with prepare_data(cfg, 2, fraction, shared=True) as data:
+        assert data.store.shared_bytes == shared
+        assert _own_segment_bytes() - before == shared
+        n_val = N_TRAIN - len(data.rows)
+    assert n_val == round(N_TRAIN * fraction)
+    if source == "npy":  # the labels and the row order; the mapped features count nothing
+        assert shared == 4 * N_TRAIN + 8 * (N_TRAIN - n_val)
+
+
+def test_an_npy_run_that_cannot_fit_is_refused_before_loading(npy_files, monkeypatch):
+    import fastdist.run.coordinator as coordinator
+    from fastdist.engine import memory
+
+    cfg = fastdist.compose(_npy_run(npy_files, "validation_fraction=0"))
+    shared, _ = data_memory_plan(cfg, 0.0)
+    monkeypatch.setattr(memory, "shm_free_bytes", lambda: (shared - 1, 64 * 2**20))
+    monkeypatch.setattr(coordinator, "prepare_data", lambda *a, **k: 1 / 0)
+    needs = re.escape(f"dataset=npy needs {human_bytes(shared)} of shared memory")
+    with pytest.raises(ConfigError, match=needs):
+        fastdist.train(cfg)
+
+
+def test_the_plan_leaves_files_it_cannot_read_to_the_loader(npy_files, tmp_path):
+    (tmp_path / "forged.npy").write_bytes(npy_files["x_train"].read_bytes()[:200])
+    for x_train in (tmp_path / "forged.npy", tmp_path / "absent.npy"):
+        cfg = fastdist.compose(_npy_run({**npy_files, "x_train": x_train}))
+        assert data_memory_plan(cfg, 0.0) is None
+        with pytest.raises(ConfigError, match="dataset.x_train"):
+            fastdist.train(cfg)

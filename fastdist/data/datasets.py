@@ -31,7 +31,6 @@ __all__ = [
     "SyntheticConfig",
     "check_dataset_config",
     "clear_dataset_cache",
-    "expected_bytes",
     "load_dataset",
     "make_synthetic",
     "load_digits",
@@ -214,15 +213,6 @@ def check_dataset_config(cfg) -> None:
             raise ConfigError(f"dataset.{key} must be < 2**32, got {cfg[key]}")
     if "test_fraction" in cfg and not 0.0 < float(cfg.test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {cfg.test_fraction}")
-
-
-def expected_bytes(cfg) -> int | None:
-    """Bytes of the arrays the dataset will hold, when known before loading (the
-    generated ones); None for files, which are already bounded by the disk."""
-    if str(cfg.name) != "synthetic":
-        return None
-    rows = int(cfg.n_train) + int(cfg.n_test)
-    return rows * (int(cfg.n_features) * 4 + 4)
 
 
 def load_dataset(cfg, store=None) -> Dataset:

@@ -9,13 +9,13 @@ import contextvars
 import gzip
 import os
 import random
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fastdist.data.base import Dataset, standardize
+from fastdist.data.npz import MissingArrays, NpzError, read_npz
 from fastdist.errors import ConfigError
 
 __all__ = ["load_mnist1d", "load_idx_or_npz", "no_cache_writes", "read_idx"]
@@ -83,27 +83,16 @@ def _mnist1d_cache_file(path, seed: int) -> Path:
     return root if root.suffix == ".npz" else root / f"mnist1d_seed{seed}.npz"
 
 
-_UNREADABLE = (
-    OSError,
-    KeyError,
-    ValueError,
-    TypeError,
-    OverflowError,
-    EOFError,
-    zlib.error,
-    zipfile.BadZipFile,
-)
-
-
 def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is absent, unreadable or for another seed."""
     try:
-        with np.load(file) as cached:
-            if int(cached["seed"]) != seed:
-                return None
-            arrays = {key: cached[key] for key in _IDX_FILES}
-    except _UNREADABLE:  # regenerate (a seed of inf: OverflowError, found by the fuzz)
+        cached = read_npz(file, ("seed", *_IDX_FILES))
+        # A seed of inf: OverflowError, of several values: TypeError (found by the fuzz).
+        if int(cached["seed"]) != seed:
+            return None
+    except (NpzError, ValueError, TypeError, OverflowError):  # regenerate
         return None
+    arrays = {key: cached[key] for key in _IDX_FILES}
     n_train, n_test, n_features = _MNIST1D_SPLIT
     if arrays["x_train"].shape != (n_train, n_features) or arrays["x_test"].shape != (
         n_test,
@@ -244,18 +233,11 @@ def _missing(name: str, where: str) -> ConfigError:
 
 def _read_npz(npz: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            missing = [key for key in _IDX_FILES if key not in data.files]
-            if missing:
-                raise ConfigError(
-                    f"{npz}: missing array(s) {', '.join(missing)} (need {', '.join(_IDX_FILES)})"
-                )
-            return {key: data[key] for key in _IDX_FILES}
-    except ConfigError:
-        raise
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"{npz}: cannot read as .npz ({detail})") from None
+        return read_npz(npz, _IDX_FILES)
+    except MissingArrays as exc:
+        raise ConfigError(
+            f"{npz}: missing array(s) {', '.join(exc.missing)} (need {', '.join(_IDX_FILES)})"
+        ) from None
 
 
 def _validate(name: str, arrays: dict[str, np.ndarray]) -> None:

@@ -16,15 +16,18 @@ cache; ``check_finite=false`` skips that pass for files validated before).
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from fastdist.data.base import Dataset
 from fastdist.data.files import _absolute
+from fastdist.data.npz import npy_header
 from fastdist.errors import ConfigError
 
-__all__ = ["NpyConfig", "load_npy"]
+__all__ = ["NpyConfig", "declared_shape", "load_npy"]
 
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -56,6 +59,25 @@ def _map(path, key: str) -> np.ndarray:
         raise ConfigError(
             f"dataset.{key}: {full} is not a readable .npy array ({detail})"
         ) from None
+
+
+def declared_shape(cfg, key: str) -> tuple[int, ...] | None:
+    """The shape that the header of the file ``dataset.<key>`` declares, read without
+    mapping or loading it (for the memory plan, before the loader runs); None when it
+    cannot be read or declares more than the file holds: the loader then says what is
+    wrong with it."""
+    path = cfg.get(key)
+    if not path:
+        return None
+    try:
+        with open(_absolute(path), "rb") as fh:
+            shape, dtype = npy_header(fh, key)
+            data_start, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except (OSError, ValueError, EOFError):
+        return None
+    declared = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
+    fits = min(shape, default=0) >= 0 and declared <= size - data_start
+    return tuple(shape) if fits else None
 
 
 def _features(x: np.ndarray, key: str, path) -> np.ndarray:

@@ -29,9 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.engine.shm import ArenaSpec, SharedArena
+from fastdist.engine.shm import ArenaSpec, SharedArena, arena_bytes
 
-__all__ = ["ArrayRef", "Prefetch", "RowStore", "RowsSpec", "file_root", "open_rows"]
+__all__ = [
+    "ArrayRef",
+    "Prefetch",
+    "RowStore",
+    "RowsSpec",
+    "file_root",
+    "open_rows",
+    "segment_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,17 @@ def file_root(a: np.ndarray) -> np.memmap | None:
     return None
 
 
+def _one_array(shape, dtype) -> dict:
+    """The layout of a store's segment: one array, ``a``."""
+    return {"a": (tuple(int(d) for d in shape), np.dtype(dtype))}
+
+
+def segment_bytes(shape, dtype) -> int:
+    """The size of the segment :meth:`RowStore.empty` creates for ``shape`` and
+    ``dtype`` (what a memory plan counts for it)."""
+    return arena_bytes(_one_array(shape, dtype))
+
+
 def _contains(outer: np.ndarray, a: np.ndarray) -> bool:
     lo = outer.ctypes.data
     return lo <= a.ctypes.data and a.ctypes.data + a.nbytes <= lo + outer.nbytes
@@ -112,9 +131,14 @@ class RowStore:
         """A zero-filled array that workers can read without a copy."""
         if not self.shared:
             return np.zeros(shape, dtype)
-        arena = SharedArena.create({"a": (tuple(shape), np.dtype(dtype))})
+        arena = SharedArena.create(_one_array(shape, dtype))
         self._arenas.append(arena)
         return arena["a"]
+
+    @property
+    def shared_bytes(self) -> int:
+        """The bytes of the segments this store holds in /dev/shm now."""
+        return sum(arena.spec.size for arena in self._arenas)
 
     def _segment(self, a: np.ndarray) -> SharedArena | None:
         return next((s for s in self._arenas if _contains(s["a"], a)), None)

@@ -4,21 +4,29 @@ checkpoint puts back into it."""
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
 from fastdist.combiners.base import Combiner
 from fastdist.engine.barrier import barrier_shape
 from fastdist.engine.memory import check_memory_plan
+from fastdist.engine.rows import segment_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.run.accounting import eval_arrays
 from fastdist.run.placement import Placement, RunPlan
-from fastdist.run.preparation import init_seed
+from fastdist.run.preparation import init_seed, shared_data_bytes, validation_rows
 from fastdist.run.rounds import ROUND_STATE, round_arrays
 
-__all__ = ["arena_arrays", "fill_arena", "check_data_memory", "resume_into"]
+__all__ = [
+    "arena_arrays",
+    "fill_arena",
+    "check_data_memory",
+    "data_memory_plan",
+    "resume_into",
+]
 
 log = logging.getLogger("fastdist")
 
@@ -67,19 +75,41 @@ def fill_arena(arena, model, combiner, seed: int, place: Placement) -> None:
         arena["anchor"][:] = arena["params"][0]
 
 
-def check_data_memory(cfg) -> None:
-    """Before generating data: the generated set goes straight into shared memory with
-    the order of its training rows (8 bytes a row); the coordinator keeps a private copy
-    of the test split. Files are bounded by the disk already (``dataset=npy`` maps them:
-    page cache, neither shared memory nor the coordinator's own)."""
-    from fastdist.data.datasets import expected_bytes
+def data_memory_plan(cfg, fraction: float) -> tuple[int, int] | None:
+    """(shared, private): the bytes that :func:`prepare_data` will put in /dev/shm and
+    keep in the coordinator's own memory, when they are known before loading; None when
+    they are not (built-in sets, small; files the loader has yet to check).
 
-    data_bytes = expected_bytes(cfg.dataset)
-    if data_bytes is not None:
-        n_train, n_test = int(cfg.dataset.n_train), int(cfg.dataset.n_test)
-        test_share = data_bytes * n_test // (n_train + n_test)
-        shared = data_bytes + 8 * n_train
-        check_memory_plan(shared, test_share, what=f"dataset={cfg.dataset.name}")
+    ``dataset=synthetic`` is generated into one segment, test rows included, and its
+    test split is then copied out. ``dataset=npy`` maps its features (page cache,
+    counted nowhere) and reads its labels into memory: both splits' are private, the
+    training labels are shared once more, and the validation rows are gathered out of
+    the map."""
+    from fastdist.data.npy_files import declared_shape
+
+    data = cfg.dataset
+    if str(data.name) == "synthetic":
+        n_train, n_test, n_features = int(data.n_train), int(data.n_test), int(data.n_features)
+        x_segment = segment_bytes((n_train + n_test, n_features), np.float32)
+        shared = shared_data_bytes(n_train, fraction, x_segment)
+        return shared, n_test * (n_features * 4 + 4)
+    if str(data.name) == "npy":
+        train, test = declared_shape(data, "x_train"), declared_shape(data, "x_test")
+        if not train or not test:
+            return None
+        n_train, n_val = train[0], validation_rows(train[0], fraction)
+        labels = 4 * (n_train + test[0])  # both splits', int32
+        validation = n_val * (4 * math.prod(train[1:]) + 4)  # float32 rows and labels
+        return shared_data_bytes(n_train, fraction), labels + validation
+    return None
+
+
+def check_data_memory(cfg, fraction: float) -> None:
+    """Before loading or generating the data: refuse, in one line, a data set whose
+    plan (:func:`data_memory_plan`) cannot fit."""
+    plan = data_memory_plan(cfg, fraction)
+    if plan is not None:
+        check_memory_plan(*plan, what=f"dataset={cfg.dataset.name}")
 
 
 def resume_into(cfg, arena, state: dict | None, total_steps: int) -> int:

@@ -16,13 +16,12 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from fastdist.data.npz import MissingArrays, NpzError, checker, read_npz
 from fastdist.errors import ConfigError, DivergenceError
 
 __all__ = [
@@ -165,23 +164,14 @@ def read_checkpoint(
     if not path.exists():
         raise ConfigError(f"resume={path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in _CHECKPOINT_KEYS if key not in data.files]
-            if missing:
-                raise ConfigError(
-                    f"resume={path}: not a readable checkpoint (missing {', '.join(missing)})"
-                )
-            kept = [key for key in data.files if key.startswith("extra_")]
-            state = {key: data[key] for key in (*_CHECKPOINT_KEYS, *kept)}
-    except ConfigError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"resume={path}: not a readable checkpoint ({detail})") from None
-
-    def need(ok, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"resume={path}: not a usable checkpoint ({message})")
+        state = read_npz(path, _CHECKPOINT_KEYS, optional=lambda key: key.startswith("extra_"))
+    except MissingArrays as exc:
+        raise ConfigError(
+            f"resume={path}: not a readable checkpoint (missing {', '.join(exc.missing)})"
+        ) from None
+    except NpzError as exc:
+        raise ConfigError(f"resume={path}: not a readable checkpoint ({exc.detail})") from None
+    need = checker(f"resume={path}: not a usable checkpoint (", ")")
 
     step, text = state["step"], state["config_hash"]
     need(step.shape == () and step.dtype.kind in "iu", "step is not an integer")

@@ -85,7 +85,7 @@ def train(cfg) -> RunResult:
     comm = _mpi_world(cfg, combiner)
     check_rounds(combiner, optimizer, enum_value(cfg.dist))
     place = Placement.of(comm, int(cfg.workers))
-    saving = _check_files(cfg)  # checkpoint path, resume file, memory: before start-up
+    saving = _check_files(cfg, fraction)  # checkpoint path, resume file, memory: before start-up
 
     # 1. Split: shuffle once (by index), cut the shards; the model follows the data's
     # shape. The rows go straight into shared memory (or stay in their .npy files);
@@ -177,7 +177,7 @@ class _Saving:
         }
 
 
-def _check_files(cfg) -> _Saving:
+def _check_files(cfg, fraction: float) -> _Saving:
     """Everything that can be checked before start-up is: the checkpoint's file, the
     file to resume from (its shapes once the model is known), the data's memory."""
     digest = config_hash(cfg)
@@ -185,7 +185,7 @@ def _check_files(cfg) -> _Saving:
     if path:
         check_checkpoint_path(path)
     resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
-    check_data_memory(cfg)
+    check_data_memory(cfg, fraction)
     return _Saving(digest, every, path, resumed)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from fastdist.combiners.base import Combiner
 from fastdist.data.base import Dataset
 from fastdist.data.datasets import load_dataset, shard_bounds
-from fastdist.engine.rows import RowsSpec, RowStore
+from fastdist.engine.rows import RowsSpec, RowStore, segment_bytes
 from fastdist.errors import ConfigError
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "validation_fraction",
     "plan_steps",
     "init_seed",
+    "shared_data_bytes",
+    "validation_rows",
 ]
 
 log = logging.getLogger("fastdist")
@@ -152,7 +154,7 @@ def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> Pr
         # Shuffle once, by the seed; the validation split is the head of the shuffled
         # order, shards are contiguous slices of the rest.
         order = np.random.default_rng(int(cfg.seed)).permutation(len(dataset.y_train))
-        n_val = int(round(len(order) * fraction))
+        n_val = validation_rows(len(order), fraction)
         if fraction > 0 and n_val == 0:
             raise ConfigError(f"validation_fraction={fraction} leaves no validation rows")
         head = order[:n_val]
@@ -168,6 +170,21 @@ def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> Pr
         store.close()
         raise
     return PreparedData(dataset, rows, shards, validation, store)
+
+
+def validation_rows(n_train: int, fraction: float) -> int:
+    """How many of the shuffled training rows the validation split takes (its head)."""
+    return int(round(n_train * fraction))
+
+
+def shared_data_bytes(n_train: int, fraction: float, x_segment: int = 0) -> int:
+    """The bytes :func:`prepare_data` puts in /dev/shm for ``n_train`` training rows:
+    the features' segment (``x_segment``: 0 for a file's map, which is page cache), the
+    shared copy of the training labels (int32; every loader returns them private) and
+    the row order (int64, the rows the validation split leaves; a partition other
+    than IID may drop a few more, so for those this is an upper bound)."""
+    n_rows = n_train - validation_rows(n_train, fraction)
+    return x_segment + segment_bytes((n_train,), np.int32) + segment_bytes((n_rows,), np.int64)
 
 
 def _partition(cfg, order: np.ndarray, y: np.ndarray, workers: int):

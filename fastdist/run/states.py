@@ -11,12 +11,11 @@ and checks every array before using it.
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from fastdist.data.npz import MissingArrays, NpzError, checker, read_npz
 from fastdist.errors import ConfigError
 from fastdist.run.checkpoint import atomic_savez, settings_hash
 
@@ -60,27 +59,19 @@ def load_states(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"no saved worker states at {path} (train with save_states=true)")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in _KEYS if key not in data.files]
-            if missing:
-                raise ConfigError(
-                    f"{path}: not a complete worker-states file (missing {', '.join(missing)}; "
-                    "written by an older fastdist or edited): train again with save_states=true"
-                )
-            raw = {key: data[key] for key in _KEYS}
-    except ConfigError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"{path}: not a readable worker-states file ({detail})") from None
+        raw = read_npz(path, _KEYS)
+    except MissingArrays as exc:
+        raise ConfigError(
+            f"{path}: not a complete worker-states file (missing {', '.join(exc.missing)}; "
+            "written by an older fastdist or edited): train again with save_states=true"
+        ) from None
+    except NpzError as exc:
+        raise ConfigError(f"{path}: not a readable worker-states file ({exc.detail})") from None
     return _checked(path, raw)
 
 
 def _checked(path: Path, raw: dict) -> dict:
-    def need(ok, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{path}: {message}")
-
+    need = checker(f"{path}: ")
     params, seen = raw["worker_params"], raw["samples_seen"]
     need(
         params.ndim == 2 and params.shape[0] >= 1 and params.dtype.kind == "f",
