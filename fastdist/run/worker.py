@@ -18,7 +18,6 @@ import numpy as np
 
 from fastdist.combiners.base import Sync, SyncSchedule
 from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
-from fastdist.engine.barrier import SpinBarrier
 from fastdist.engine.faults import fault_plan
 from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.shm import ArenaSpec, SharedArena
@@ -29,6 +28,7 @@ from fastdist.optim.clipping import GlobalNormClip
 from fastdist.optim.schedules import LearningRate
 from fastdist.run.accounting import Snapshots
 from fastdist.run.history import StepReporter
+from fastdist.run.node_sync import NodeSync
 from fastdist.run.rounds import ROUND_STATE, LocalRounds
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
@@ -106,7 +106,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     grad = grads[rank]
     # The part of the vector this worker reduces and updates at every sync point.
     my_lo, my_hi = slice_bounds(params.shape[0], n_workers, rank)
-    node = _NodeSync(arena, rank) if spec.hierarchical else None
+    node = NodeSync(arena, rank) if spec.hierarchical else None
     rounds = None
     if schedule.rounds is not None:  # local-update rounds with an outer optimizer
         rounds = LocalRounds(
@@ -287,29 +287,3 @@ def _checkpoint(ctx, spec: WorkerSpec, param_rows, state_rows, step: int, round_
         write_checkpoint(
             spec.checkpoint_path, params, opt_state, step, spec.seed, spec.config_hash, extra
         )
-
-
-class _NodeSync:
-    """A worker's side of the hierarchical allreduce (dist=mpi).
-
-    The node barrier has one more party than there are workers: the node coordinator.
-    Workers write the node mean of their slice into ``node_means`` (one buffer per
-    averaged vector: parameters first, then any optimizer state), meet the coordinator
-    (it allreduces the buffers in place across nodes with MPI), and meet it again once
-    the global means are there.
-    """
-
-    def __init__(self, arena: SharedArena, rank: int) -> None:
-        self.barrier = SpinBarrier(arena["node_barrier"], rank)
-        self.means = arena["node_means"]
-
-    def allreduce(self) -> None:
-        self.barrier.wait()  # the node means are complete: the coordinator may send them
-        self.barrier.wait()  # the buffers hold the means over all nodes
-
-    def average_rows(self, averaged: list[np.ndarray], lo: int, hi: int) -> None:
-        for rows, mean in zip(averaged, self.means):
-            mean_rows_into(rows, mean, lo, hi)
-        self.allreduce()
-        for rows, mean in zip(averaged, self.means):
-            rows[:, lo:hi] = mean[lo:hi]
