@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastdist
-from fastdist.data import files as data_sources
+from fastdist.data import mnist1d as mnist1d_source
 from fastdist.data.datasets import load_dataset
 from fastdist.data.files import read_idx
 from fastdist.errors import ConfigError
@@ -350,7 +350,7 @@ def test_mnist1d_caches_to_path_only_when_given(mnist1d_42, tmp_path, monkeypatc
     def must_not_generate(seed):
         raise AssertionError("regenerated despite the cache")
 
-    monkeypatch.setattr(data_sources, "_generate_mnist1d", must_not_generate)
+    monkeypatch.setattr(mnist1d_source, "_generate_mnist1d", must_not_generate)
     cached = load_dataset(_cfg("mnist1d", tmp_path / "cache"))
     np.testing.assert_array_equal(cached.x_train, first.x_train)
     np.testing.assert_array_equal(cached.y_train, first.y_train)

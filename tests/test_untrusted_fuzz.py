@@ -120,14 +120,14 @@ def test_fuzzed_npz_files(tmp_path, raw, source):
     else:
         # A cache that cannot be read regenerates (the real generator: slow), so only
         # readable caches of the right shape reach the checks; stub the generator.
-        import fastdist.data.files as files
+        import fastdist.data.mnist1d as mnist1d
 
-        original = files._generate_mnist1d
-        files._generate_mnist1d = lambda seed: (_ for _ in ()).throw(ConfigError("regen"))
+        original = mnist1d._generate_mnist1d
+        mnist1d._generate_mnist1d = lambda seed: (_ for _ in ()).throw(ConfigError("regen"))
         try:
             _expect_valid_or_config_error({"name": "mnist1d", "seed": 0, "path": str(path)})
         finally:
-            files._generate_mnist1d = original
+            mnist1d._generate_mnist1d = original
 
 
 @fuzz(250)

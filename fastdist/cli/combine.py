@@ -35,7 +35,7 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     own configs, and only fastdist's own records are built from them.
     """
     from fastdist.combiners.base import Sync
-    from fastdist.data.files import no_cache_writes
+    from fastdist.data.mnist1d import no_cache_writes
     from fastdist.run.combine import combine
     from fastdist.run.config_checks import validate
     from fastdist.run.preparation import prepare_data

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdist.data.base import Dataset, check_dataset, standardize
-from fastdist.data.files import load_idx_or_npz, load_mnist1d
+from fastdist.data.files import load_idx_or_npz
+from fastdist.data.mnist1d import load_mnist1d
 from fastdist.data.npy_files import NpyConfig, load_npy
 from fastdist.errors import ConfigError
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdist.data.base import Dataset
-from fastdist.data.files import _absolute
 from fastdist.data.npz import npy_header
+from fastdist.data.paths import absolute_path
 from fastdist.errors import ConfigError
 
 __all__ = ["NpyConfig", "declared_shape", "load_npy"]
@@ -49,7 +49,7 @@ class NpyConfig:
 def _map(path, key: str) -> np.ndarray:
     if not path:
         raise ConfigError(f"dataset=npy needs dataset.{key}=PATH (a .npy file)")
-    full = _absolute(path)
+    full = absolute_path(path)
     if not full.is_file():
         raise ConfigError(f"dataset.{key}: no such file {full}")
     try:
@@ -70,7 +70,7 @@ def declared_shape(cfg, key: str) -> tuple[int, ...] | None:
     if not path:
         return None
     try:
-        with open(_absolute(path), "rb") as fh:
+        with open(absolute_path(path), "rb") as fh:
             shape, dtype = npy_header(fh, key)
             data_start, size = fh.tell(), os.fstat(fh.fileno()).st_size
     except (OSError, ValueError, EOFError):
