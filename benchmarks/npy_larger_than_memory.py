@@ -10,6 +10,12 @@ I/O: the write rate counts the ``write`` calls and ``fsync``; the cold sequentia
 is one pass over the file with its cache dropped; during training the device's read
 counter (/proc/diskstats, machine-wide) gives an upper bound of what a run read.
 
+"Once the page cache is warm for the part that fits": right before each npy round the
+part of the file that fits (available memory less ``--reserve-gb``) is read, and the
+share of the file in the page cache is measured (``mincore``) before and after the
+run. Some VMs page out idle file cache on their own (DAMON ``pageout``, listed in the
+output and the JSON): there a cache read minutes earlier is gone, hence the re-warming.
+
 The memory budget is the machine's RAM, or, with ``--memory-cap-gb``, a cgroup (v1
 memory controller) created under this process's own cgroup whose limit covers every
 page the training processes charge, their page cache included: a file of 1.5x the cap
