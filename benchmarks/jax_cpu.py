@@ -2,7 +2,7 @@
 and the ceiling of any two single-threaded XLA workers.
 
 On a shared machine, wall-clock ratios of a 2-process synchronous run against one
-process swing with the load; the CPU time a step consumes does not (much). Two views:
+process swing with the load; the CPU time a step consumes does not (much). Three views:
 
     python -m benchmarks.jax_cpu kernel [--workload w1|w3]
     python -m benchmarks.jax_cpu runs [--workload w1|w3] [--rounds 2]
@@ -187,8 +187,9 @@ def _peers_at_once(args: list[tuple[int, int]], steps: int) -> list[float]:
 def ceiling(rounds: int, steps: int = 150) -> None:
     """W1's ceiling for two single-threaded XLA workers: two independent JAX trainings,
     one pinned per core (batch 256 each, the peer's fused step, nothing exchanged),
-    against one JAX process on both cores (batch 512), interleaved. No data-parallel
-    design whose workers run XLA on one thread each can beat the pair's sum."""
+    against one JAX process on both cores (batch 512), interleaved. The pair's sum is an
+    upper bound, up to noise, for any data-parallel design whose 2 workers run XLA on
+    one thread each: they do the same work and exchange nothing."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     single, pair = [], []
     for r in range(rounds):
