@@ -102,10 +102,17 @@ def kernel(workload: str) -> None:
     print(f"  {'all five':16s} XLA {total[0]:.2f} ms, NumPy/OpenBLAS {total[1]:.2f} ms")
 
 
-def _children_cpu(cmd: list[str]) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _env_with_checkout() -> dict[str, str]:
+    """This process's environment with the source checkout first on PYTHONPATH (the
+    children import fastdist and the peers from it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _children_cpu(cmd: list[str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = _env_with_checkout()
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env, timeout=1800)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -167,8 +174,7 @@ print(json.dumps(jax_single.run(steps=steps, warmup=3, workers=workers)))
 
 def _peers_at_once(args: list[tuple[int, int]], steps: int) -> list[float]:
     """samples/s of JAX peer processes started together, one per (cpu, workers)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = _env_with_checkout()
     start_at = str(time.time() + 15)  # after every process has compiled
     procs = [
         subprocess.Popen(

@@ -61,10 +61,6 @@ def _meminfo_bytes(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/meminfo")
 
 
-def _mem_total_bytes() -> int:
-    return _meminfo_bytes("MemTotal")
-
-
 def cold_page_reclaim() -> list[dict]:
     """The DAMON schemes running on this machine (``/sys/kernel/mm/damon``): a VM whose
     host takes idle memory back can page out file cache that nobody touched for a
@@ -294,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = describe()
     say(f"machine: {summary(machine)}")
-    budget = int(args.memory_cap_gb * 2**30) if args.memory_cap_gb else _mem_total_bytes()
+    budget = int(args.memory_cap_gb * 2**30) if args.memory_cap_gb else _meminfo_bytes("MemTotal")
     n_rows = int(args.ratio * budget / (FEATURES * 4))
     cgroup = _make_cgroup(budget) if args.memory_cap_gb else None
     if args.reserve_gb is None:
