@@ -114,6 +114,21 @@ def no_leaks():
 
 
 @pytest.fixture
+def deadline():
+    """A regression that blocks (a FIFO's open) fails the test instead of hanging it."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("blocked: a file was opened that should have been refused")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
 def tiny_overrides():
     """A run that takes well under a second: synthetic data, a small MLP."""
     return [

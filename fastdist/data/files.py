@@ -13,6 +13,7 @@ import numpy as np
 from fastdist.data.base import Dataset, standardize
 from fastdist.data.npz import MissingArrays, read_npz
 from fastdist.data.paths import absolute_path
+from fastdist.engine.files import regular_file
 from fastdist.errors import ConfigError
 
 __all__ = ["load_idx_or_npz", "read_idx"]
@@ -29,7 +30,7 @@ _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
     """An IDX file (raw or gzip, told apart by content): unsigned bytes after a
     big-endian magic number (0x00000803 images, 0x00000801 labels) and dimensions."""
-    path = Path(path)
+    path = regular_file(path)  # before any open: opening a FIFO blocks
     try:
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
@@ -57,9 +58,11 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
 
 
 def _find(directory: Path, stem: str) -> Path | None:
+    """The IDX file ``stem`` (raw or .gz) in ``directory``; something else under its
+    name (a FIFO, a directory) is refused rather than passed over as missing."""
     for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
+        if candidate.exists():
+            return regular_file(candidate, "dataset.path: ")
     return None
 
 
@@ -121,7 +124,7 @@ def load_idx_or_npz(cfg, name: str):
         raise _missing(name, "a directory")
     root = absolute_path(path)
     if root.suffix == ".npz":
-        if not root.is_file():
+        if not regular_file(root, "dataset.path: ").is_file():
             raise ConfigError(
                 f"dataset={name} needs its files: no such file {root} (set dataset.path=... "
                 f"to a directory holding the four IDX files or to an .npz file)"
@@ -134,7 +137,7 @@ def load_idx_or_npz(cfg, name: str):
                 key: read_idx(file, _IMAGES_MAGIC if key.startswith("x") else _LABELS_MAGIC)
                 for key, file in found.items()
             }
-        elif (root / f"{name}.npz").is_file():
+        elif (root / f"{name}.npz").exists():  # read_npz refuses a FIFO or directory
             arrays = _read_npz(root / f"{name}.npz")
         else:
             raise _missing(name, str(root))

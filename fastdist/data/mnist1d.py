@@ -15,6 +15,7 @@ import numpy as np
 from fastdist.data.base import Dataset, standardize
 from fastdist.data.npz import NpzError, read_npz
 from fastdist.data.paths import absolute_path
+from fastdist.engine.files import regular_file
 from fastdist.errors import ConfigError
 
 __all__ = ["load_mnist1d", "no_cache_writes"]
@@ -62,7 +63,10 @@ def _mnist1d_cache_file(path, seed: int) -> Path:
 
 
 def _read_mnist1d_cache(file: Path, seed: int) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is absent, unreadable or for another seed."""
+    """The cached arrays, or None when the file is absent, unreadable or for another seed.
+    Something other than a file under its name (a FIFO, a directory) is an error, not a
+    cache to regenerate: that would replace it."""
+    regular_file(file, "dataset.path: ")
     try:
         cached = read_npz(file, ("seed", *_SPLITS))
         # A seed of inf: OverflowError, of several values: TypeError (found by the fuzz).

@@ -6,12 +6,13 @@ shared through the page cache, and a training set larger than RAM trains with th
 paging it in and out. Labels are small (4 bytes a row) and are read into memory.
 
 Every file is checked before any worker starts, each failure a one-line
-:class:`ConfigError` naming the setting and the file: it exists and holds a ``.npy``
-array, features are float32 and C-ordered with one row per sample (any trailing shape:
-``(n, 28, 28)`` images keep their sample shape for the CNN), labels are integers with
-one per feature row. The checks every dataset gets follow (``check_dataset``): labels
-in ``[0, n_classes)``, finite features (read in 64 MB blocks, which also warms the page
-cache; ``check_finite=false`` skips that pass for files validated before).
+:class:`ConfigError` naming the setting and the file: it exists, is a regular file (a
+FIFO would block the open forever) and holds a ``.npy`` array, features are float32
+and C-ordered with one row per sample (any trailing shape: ``(n, 28, 28)`` images keep
+their sample shape for the CNN), labels are integers with one per feature row. The
+checks every dataset gets follow (``check_dataset``): labels in ``[0, n_classes)``,
+finite features (read in 64 MB blocks, which also warms the page cache;
+``check_finite=false`` skips that pass for files validated before).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from fastdist.data.base import Dataset
 from fastdist.data.npz import npy_header
 from fastdist.data.paths import absolute_path
+from fastdist.engine.files import regular_file
 from fastdist.errors import ConfigError
 
 __all__ = ["NpyConfig", "declared_shape", "load_npy"]
@@ -49,7 +51,7 @@ class NpyConfig:
 def _map(path, key: str) -> np.ndarray:
     if not path:
         raise ConfigError(f"dataset=npy needs dataset.{key}=PATH (a .npy file)")
-    full = absolute_path(path)
+    full = regular_file(absolute_path(path), f"dataset.{key}: ")
     if not full.is_file():
         raise ConfigError(f"dataset.{key}: no such file {full}")
     try:
@@ -70,7 +72,8 @@ def declared_shape(cfg, key: str) -> tuple[int, ...] | None:
     if not path:
         return None
     try:
-        with open(absolute_path(path), "rb") as fh:
+        # Not a regular file: a ConfigError (a ValueError), so None; the loader says why.
+        with open(regular_file(absolute_path(path)), "rb") as fh:
             shape, dtype = npy_header(fh, key)
             data_start, size = fh.tell(), os.fstat(fh.fileno()).st_size
     except (OSError, ValueError, EOFError):

@@ -12,7 +12,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
@@ -22,6 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from fastdist.data.npz import MissingArrays, NpzError, checker, read_npz
+from fastdist.engine.files import replacing
 from fastdist.errors import ConfigError, DivergenceError
 
 __all__ = [
@@ -75,17 +75,8 @@ def atomic_savez(path: Path, **arrays) -> None:
     disk, an exception, Ctrl-C). The writer holds an ``flock`` on it meanwhile, so one
     left by a killed writer is told apart from one being written
     (:func:`remove_abandoned_temporaries`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        with open(tmp, "wb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.replace(tmp, path)  # still locked: no cleaner can take it for abandoned
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with replacing(path, suffix=".tmp.npz", lock=True) as fh:
+        np.savez(fh, **arrays)
 
 
 def remove_abandoned_temporaries(path: Path) -> list[Path]:
