@@ -14,7 +14,8 @@ import pytest
 import fastdist
 from fastdist.combiners.fisher import diagonal_fisher
 from fastdist.errors import ConfigError
-from fastdist.run.records import build_model, check_saved_overrides
+from fastdist.run.records import build_model
+from fastdist.run.saved_overrides import check_saved_overrides
 
 pytest.importorskip("jax")
 

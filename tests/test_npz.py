@@ -203,11 +203,14 @@ def test_the_callers_keep_their_own_wording(tmp_path):
         read_checkpoint(ckpt, "")
     states = _zip(tmp_path / "states.npz", {"worker_params.npy": _forged((2**40,))})
     with pytest.raises(ConfigError, match=r"not a complete worker-states file \(missing"):
-        load_states(states)
+        load_states(states, 2, 10)
+    scalars = {"validation_fraction": np.float64(0), "sync": np.str_("none")}
     with zipfile.ZipFile(states, "a") as zf:
-        for key in ("samples_seen", "validation_fraction", "sync", "split_hash"):
-            zf.writestr(f"{key}.npy", _member_bytes(np.zeros(1)))
+        for key, value in {**scalars, "split_hash": np.str_("h")}.items():
+            zf.writestr(f"{key}.npy", _member_bytes(value))
+        zf.writestr("samples_seen.npy", _member_bytes(np.zeros(2)))
     with pytest.raises(
-        ConfigError, match=r"not a readable worker-states file \(worker_params declares"
+        ConfigError,
+        match=r"not a readable worker-states file \(worker_params has shape \(1099511627776,\)",
     ):
-        load_states(states)
+        load_states(states, 2, 10)

@@ -2,6 +2,7 @@
 
     fastdist save_states=true validation_fraction=0.1 combiner=weight_avg workers=4
     fastdist-combine outputs/<date>/<time> weight_avg ensemble soup_greedy aligned_avg
+    fastdist-combine RUN weight_avg model.factory=my_pkg.models:make   # a JAX model's run
 
 The run's own config (``.hydra/`` in its output directory) rebuilds the exact data
 split the workers trained on; each combiner is finalized on the saved parameters and
@@ -10,13 +11,15 @@ scored on the test set; results go to ``combine_metrics.json`` in the run direct
 
 The run directory is untrusted input: every file in it is checked (the states file's
 arrays and its hash of the split settings, the overrides), a damaged or edited one is a
-one-line error with exit code 2, and nothing is written anywhere but
-``combine_metrics.json`` (no dataset cache, no temporary file left behind).
+one-line error with exit code 2, no code it names is imported (a JAX model's factory is
+taken only from this command line: ``KEY=VALUE`` arguments are the user's own options,
+applied to every combiner), and nothing is written anywhere but
+``combine_metrics.json`` (no dataset cache, no temporary file left behind, never
+through a link planted in the directory).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -27,49 +30,54 @@ from fastdist.errors import ConfigError, FastdistError
 
 __all__ = ["main", "combine_saved"]
 
+# A run's overrides are a few hundred bytes; anything near this is not one.
+_MAX_OVERRIDES_BYTES = 1 << 20
 
-def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool = False) -> dict:
+
+def combine_saved(
+    run_dir: str | Path,
+    combiners: list[str],
+    diagnostics: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
     """Metrics of each combiner in ``combiners`` on the states saved in ``run_dir``.
 
-    The run directory is untrusted: its overrides may only set values of fastdist's
-    own configs, and only fastdist's own records are built from them.
+    The run directory is untrusted: its overrides may only choose fastdist's own
+    options and set values (:mod:`fastdist.run.saved_overrides`), and only fastdist's
+    own records are built from them. ``overrides`` are the user's own (the command
+    line), applied last: options of the combiners, or the ``model.factory`` of a JAX
+    model, which a run directory may not name.
     """
     from fastdist.combiners.base import Sync
     from fastdist.data.mnist1d import no_cache_writes
     from fastdist.run.combine import combine
     from fastdist.run.config_checks import validate
     from fastdist.run.preparation import prepare_data
-    from fastdist.run.records import build_combiner, build_model, check_saved_overrides
-    from fastdist.run.states import load_states, split_hash
+    from fastdist.run.records import build_combiner, build_model
+    from fastdist.run.saved_overrides import check_saved_overrides
+    from fastdist.run.states import load_states, read_settings, split_hash
 
     run_dir = Path(run_dir)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise ConfigError(f"{run_dir} is not a fastdist run directory (no .hydra/overrides.yaml)")
-    states = load_states(run_dir)
-    if states["sync"] != Sync.NONE.value:
+    settings = read_settings(run_dir)
+    if settings["sync"] != Sync.NONE.value:
         raise ConfigError(
-            f"the saved workers were trained with sync={states['sync']}, so they hold one "
+            f"the saved workers were trained with sync={settings['sync']}, so they hold one "
             "model; train with an end-of-training combiner (e.g. combiner=weight_avg)"
         )
-    saved = check_saved_overrides(_read_overrides(overrides_file))
+    user_keys = frozenset(o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    saved = check_saved_overrides(_read_overrides(overrides_file), replaced=user_keys)
     base = [o for o in saved if not o.startswith("combiner")]
     results = {}
-    data = model = None
+    data = model = states = None
     for name in combiners:
-        cfg = _compose_untrusted([*base, f"combiner={name}"], overrides_file)
+        cfg = _compose_untrusted([*base, f"combiner={name}", *overrides], overrides_file)
         validate(cfg)
-        if data is None and split_hash(cfg) != states["split_hash"]:
-            raise ConfigError(
-                f"{overrides_file} does not match the saved states: workers, seed, "
-                "validation_fraction, dataset or model were changed after training, which "
-                "would change the data split or the meaning of the parameters"
-            )
-        if states["worker_params"].shape[0] != int(cfg.workers):
-            raise ConfigError(
-                f"the saved states hold {states['worker_params'].shape[0]} worker rows but "
-                f"the run had workers={cfg.workers}"
-            )
+        if data is None:
+            _check_factory_named(cfg, user_keys)
+            _check_same_run(cfg, split_hash(cfg) == settings["split_hash"], overrides_file)
         combiner = build_combiner(cfg.combiner, trusted=False)
         if combiner.sync is not Sync.NONE:
             raise ConfigError(
@@ -78,14 +86,13 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
             )
         if data is None:
             with no_cache_writes():  # nothing written outside the run directory
-                data = prepare_data(cfg, int(cfg.workers), states["validation_fraction"])
+                data = prepare_data(
+                    cfg, int(cfg.workers), settings["validation_fraction"], trusted=False
+                )
             shape, classes = data.dataset.input_shape, data.dataset.n_classes
             model = build_model(cfg.model, shape, classes, trusted=False)
-            if states["worker_params"].shape[1:] != (model.layout.size,):
-                raise ConfigError(
-                    f"the saved parameters have shape {states['worker_params'].shape}, but "
-                    f"the run's model has {model.layout.size} parameters"
-                )
+            # The rows are read only now, with the shapes this run must have.
+            states = load_states(run_dir, int(cfg.workers), model.layout.size)
         if combiner.check_model is not None:
             combiner.check_model(model)
         results[name] = combine(
@@ -100,18 +107,41 @@ def combine_saved(run_dir: str | Path, combiners: list[str], diagnostics: bool =
     return results
 
 
+def _check_same_run(cfg, same: bool, overrides_file: Path) -> None:
+    if not same:
+        raise ConfigError(
+            f"{overrides_file} does not match the saved states: workers, seed, "
+            "validation_fraction, dataset or model were changed after training, which "
+            "would change the data split or the meaning of the parameters"
+        )
+
+
+def _check_factory_named(cfg, user_keys: frozenset[str]) -> None:
+    """A JAX model is code: it is imported only when the user names it here."""
+    if cfg.model.get("factory") and "model.factory" not in user_keys:
+        raise ConfigError(
+            "the run's model is a JAX model (model.factory): fastdist-combine imports no "
+            "code a run directory names; name it yourself: model.factory=package.module:make"
+        )
+
+
 def _read_overrides(path: Path) -> list[str]:
-    """``.hydra/overrides.yaml``: a YAML list of strings, or a one-line error."""
-    from omegaconf import ListConfig, OmegaConf
+    """``.hydra/overrides.yaml``: a YAML list of strings, or a one-line error. Read as
+    plain YAML (OmegaConf would resolve ``${...}`` in it as its items are read)."""
+    import yaml
+
+    from fastdist.engine.files import regular_file
 
     try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # YAML syntax, encoding, a directory: all one answer
+        if regular_file(path).stat().st_size > _MAX_OVERRIDES_BYTES:
+            raise ConfigError(f"over {_MAX_OVERRIDES_BYTES} bytes")
+        loaded = yaml.safe_load(path.read_text())
+    except Exception as exc:  # YAML syntax, encoding, a FIFO, its size: all one answer
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ConfigError(f"{path}: not a valid overrides file ({detail})") from None
-    if not isinstance(loaded, ListConfig) or not all(isinstance(o, str) for o in loaded):
+    if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
         raise ConfigError(f"{path}: not a valid overrides file (expected a list of key=value)")
-    return [str(o) for o in loaded]
+    return loaded
 
 
 def _compose_untrusted(overrides: list[str], source: Path):
@@ -128,26 +158,32 @@ def _compose_untrusted(overrides: list[str], source: Path):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    from fastdist.engine.files import replacing
+
+    with replacing(path) as fh:
+        fh.write(text.encode())
 
 
 @quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("fastdist-combine", __doc__)
     parser.add_argument("run_dir", help="output directory of a run made with save_states=true")
-    parser.add_argument("combiners", nargs="+", help="combiner names (conf/combiner/*.yaml)")
+    parser.add_argument(
+        "combiners",
+        nargs="+",
+        metavar="COMBINER|KEY=VALUE",
+        help="combiner names (conf/combiner/*.yaml), and options of your own applied to "
+        "each (combiner.density=0.2, model.factory=pkg.module:make)",
+    )
     parser.add_argument("--diagnostics", action="store_true", help="add per-member metrics")
     args = parser.parse_args(argv)
+    names = [item for item in args.combiners if "=" not in item]
+    overrides = [item for item in args.combiners if "=" in item]
+    if not names:
+        parser.error("name at least one combiner")
     out = Path(args.run_dir) / "combine_metrics.json"
     try:
-        results = combine_saved(args.run_dir, args.combiners, args.diagnostics)
+        results = combine_saved(args.run_dir, names, args.diagnostics, overrides)
         _write_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     except FastdistError as exc:
         _fail(str(exc), exc.exit_code)

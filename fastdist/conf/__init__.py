@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from importlib.resources import files
 
-__all__ = ["RECORD_GROUPS", "registered"]
+__all__ = ["RECORD_GROUPS", "config_groups", "registered"]
 
 RECORD_GROUPS = ("combiner", "model", "optimizer", "schedule", "partition")
 
@@ -23,4 +23,16 @@ def registered(group: str) -> dict[str, str]:
             node = yaml.safe_load(entry.read_text()) or {}
             if "_target_" in node:
                 out[entry.name[: -len(".yaml")]] = str(node["_target_"])
+    return out
+
+
+@functools.cache
+def config_groups() -> dict[str, frozenset[str]]:
+    """``{group: the names of the options fastdist ships}`` for every config group a
+    top-level override chooses (``combiner=...``, ``experiment=...``; not Hydra's)."""
+    out = {}
+    for folder in files(__package__).iterdir():
+        if folder.is_dir() and folder.name not in ("hydra", "__pycache__"):
+            names = (p.name for p in folder.iterdir() if p.name.endswith(".yaml"))
+            out[folder.name] = frozenset(name[: -len(".yaml")] for name in names)
     return out

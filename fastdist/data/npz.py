@@ -8,7 +8,8 @@ allocates before reading (a forged shape of 2**40 rows is a MemoryError); an unk
 compression method or an encrypted member raise NotImplementedError and RuntimeError;
 and a plain ``.npy`` file comes back as an array, not an archive. Here every member is
 read through :mod:`zipfile` and :mod:`numpy.lib.format` and checked before anything
-is allocated. Object arrays are refused (they would be unpickled).
+is allocated. Object arrays are refused (they would be unpickled), and so is a path
+that is not a regular file, before it is opened (opening a FIFO blocks).
 
 Callers keep their own checks of what the arrays mean (keys, shapes, hashes) and their
 own wording: they catch :class:`NpzError` (``detail``) and :class:`MissingArrays`
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fastdist.engine.files import NotARegularFile, regular_file
 from fastdist.engine.memory import available_ram_bytes, human_bytes
 from fastdist.errors import ConfigError
 
@@ -78,18 +80,30 @@ def read_npz(
     path: str | Path,
     required: Iterable[str] = (),
     optional: Callable[[str], bool] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays ``required`` (all must be there) and any other whose name ``optional``
     accepts, read from the .npz file at ``path``. Names are NumPy's (``x`` is the member
-    ``x`` or ``x.npy``); members not asked for are never read. Raises
-    :class:`MissingArrays` or :class:`NpzError`, never anything else."""
+    ``x`` or ``x.npy``); members not asked for are never read. ``shapes`` names the
+    shape the caller expects of some arrays: a member whose header declares another is
+    refused before a byte of it is inflated (a deflated member may declare a thousand
+    times its size). Raises :class:`MissingArrays` or :class:`NpzError`, never
+    anything else."""
     path = Path(path)
     required = tuple(required)
+    try:
+        regular_file(path)  # a FIFO would block the open below (forever)
+    except NotARegularFile as exc:
+        raise NpzError(path, f"not a regular file: {exc.kind}") from None
     try:
         with zipfile.ZipFile(path) as archive:
             wanted = _members(path, archive.namelist(), required, optional)
             infos = {key: archive.getinfo(name) for key, name in wanted.items()}
-            _check_room(path, sum(_declared_bytes(path, k, archive, i) for k, i in infos.items()))
+            expected = shapes or {}
+            declared = (
+                _declared_bytes(path, k, archive, i, expected.get(k)) for k, i in infos.items()
+            )
+            _check_room(path, sum(declared))
             return {key: _read(archive, info) for key, info in infos.items()}
     except NpzError:
         raise
@@ -114,12 +128,17 @@ def _members(path: Path, names: list[str], required: tuple, optional) -> dict[st
     return {key: member(key) for key in (*required, *extra)}
 
 
-def _declared_bytes(path: Path, key: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
-    """The bytes the member's .npy header declares, once they are known to be in it."""
+def _declared_bytes(
+    path: Path, key: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, expected=None
+) -> int:
+    """The bytes the member's .npy header declares, once they are known to be in it
+    (and its shape is the ``expected`` one, if given)."""
     with archive.open(info) as fp:
         shape, dtype = npy_header(fp, key)
         if dtype.hasobject:
             raise NpzError(path, f"{key} is an object array (reading it would unpickle it)")
+        if expected is not None and tuple(shape) != tuple(expected):
+            raise NpzError(path, f"{key} has shape {shape}, expected {tuple(expected)}")
         count = 1
         for d in shape:
             count *= d  # Python ints: cannot overflow (a negative d fails in read_array)

@@ -144,10 +144,14 @@ def validation_fraction(cfg, combiner: Combiner) -> float:
     return fraction
 
 
-def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> PreparedData:
+def prepare_data(
+    cfg, workers: int, fraction: float, shared: bool = False, trusted: bool = True
+) -> PreparedData:
     """Load, shuffle (by index) and shard. ``shared=True`` puts the rows where workers
     can open them (leave the returned object's ``with`` block, or call ``release()``,
-    when done); ``shared=False`` keeps everything private (fastdist-combine)."""
+    when done); ``shared=False`` keeps everything private (fastdist-combine).
+    ``trusted=False``: ``cfg`` came from a run directory (its records are built by the
+    untrusted builder, :mod:`fastdist.run.records`)."""
     store = RowStore(shared)
     try:
         dataset = load_dataset(cfg.dataset, store)
@@ -163,7 +167,7 @@ def prepare_data(cfg, workers: int, fraction: float, shared: bool = False) -> Pr
         # for rows generated in place or memory-mapped from a file).
         x, y = store.share(dataset.x_train), store.share(dataset.y_train)
         dataset = dataclasses.replace(dataset, x_train=x, y_train=y)
-        order, shards = _partition(cfg, order[n_val:], y, workers)
+        order, shards = _partition(cfg, order[n_val:], y, workers, trusted)
         rows = store.empty(order.shape, np.int64)
         rows[:] = order
     except BaseException:
@@ -187,13 +191,13 @@ def shared_data_bytes(n_train: int, fraction: float, x_segment: int = 0) -> int:
     return x_segment + segment_bytes((n_train,), np.int32) + segment_bytes((n_rows,), np.int64)
 
 
-def _partition(cfg, order: np.ndarray, y: np.ndarray, workers: int):
+def _partition(cfg, order: np.ndarray, y: np.ndarray, workers: int, trusted: bool):
     """(order, shards): the training rows grouped so each worker's are contiguous,
     ``[lo, hi)`` of ``order`` per worker."""
     from fastdist.data.partitions import IID
     from fastdist.run.records import build_partition
 
-    partition = build_partition(cfg.get("partition"))
+    partition = build_partition(cfg.get("partition"), trusted)
     if isinstance(partition, IID):  # no reordering: the historical split, bit for bit
         return order, shard_bounds(len(order), workers)
     parts = partition.split(y[order], workers, int(cfg.seed))

@@ -6,8 +6,7 @@ factory (that is how a researcher plugs in a model or a combiner of their own).
 A config rebuilt from a run directory is *untrusted* (``fastdist-combine`` reads
 ``.hydra/overrides.yaml`` from wherever it is pointed): there, only the factories of
 fastdist's own configs (:func:`fastdist.conf.registered`) may be imported or called, and
-the overrides themselves may not touch ``_target_``, Hydra's own settings or a
-factory path.
+the overrides themselves are checked first (:mod:`fastdist.run.saved_overrides`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "build_partition",
-    "check_saved_overrides",
 ]
 
 _RECORD_TYPES = {
@@ -105,22 +103,3 @@ def build_partition(node, trusted: bool = True) -> Partition:
 def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:
     """The model for data of ``input_shape`` per sample and ``n_classes`` classes."""
     return _build(node, "model", trusted, input_shape=tuple(input_shape), n_classes=int(n_classes))
-
-
-def check_saved_overrides(overrides: list[str]) -> list[str]:
-    """Refuse overrides from a run directory that could make fastdist import or call
-    code it does not ship: ``_target_`` or factory keys, Hydra's settings (search path,
-    callbacks, launchers), additions/deletions of keys. Returns them unchanged."""
-    for item in overrides:
-        text = str(item)
-        key = text.split("=", 1)[0].strip()
-        parts = key.split(".")
-        if (
-            "=" not in text
-            or key.startswith(("+", "~", "hydra"))
-            or "_target_" in parts
-            or "factory" in parts
-            or not all(p.replace("_", "").replace("/", "").isalnum() for p in parts)
-        ):
-            raise ConfigError(f"the run directory's override {text!r} is not allowed here")
-    return list(overrides)

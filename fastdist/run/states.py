@@ -6,7 +6,10 @@ A run directory is untrusted input (copied around, edited, half-written), so the
 also carries :func:`split_hash`, the hash of every setting that decides the data split
 and the meaning of the parameter vector (workers, seed, validation fraction, dataset,
 model). ``fastdist-combine`` refuses states whose run config no longer gives that hash,
-and checks every array before using it.
+and checks every array before using it. The hash catches a directory edited by mistake
+or put together from two runs; it authenticates nothing (whoever can write the file can
+recompute it), which is why nothing read from a run directory may name code to run
+(:mod:`fastdist.run.saved_overrides`) and every array is checked as if hostile.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from fastdist.data.npz import MissingArrays, NpzError, checker, read_npz
 from fastdist.errors import ConfigError
 from fastdist.run.checkpoint import atomic_savez, settings_hash
 
-__all__ = ["save_states", "load_states", "split_hash", "STATES_FILE"]
+__all__ = ["save_states", "load_states", "read_settings", "split_hash", "STATES_FILE"]
 
 STATES_FILE = "worker_states.npz"
 _SPLIT_KEYS = ("workers", "seed", "validation_fraction", "dataset", "model")
-_KEYS = ("worker_params", "samples_seen", "validation_fraction", "sync", "split_hash")
+_SCALARS = ("validation_fraction", "sync", "split_hash")
+_ROWS = ("worker_params", "samples_seen")
 
 
 def split_hash(cfg) -> str:
@@ -51,15 +55,56 @@ def save_states(
     return path
 
 
-def load_states(path: str | Path) -> dict:
-    """The saved states, each array checked; any problem is one ConfigError line."""
+def read_settings(path: str | Path) -> dict:
+    """The small fields of the states file (``validation_fraction``, ``sync``,
+    ``split_hash``), checked; the parameter rows are not read."""
+    path = _states_path(path)
+    need = checker(f"{path}: ")
+    raw = _read(path, _SCALARS, {key: () for key in _SCALARS})
+    need(raw["validation_fraction"].dtype.kind == "f", "validation_fraction must be a number")
+    fraction = float(raw["validation_fraction"])
+    need(0.0 <= fraction < 1.0, f"validation_fraction must be in [0, 1), got {fraction}")
+    need(raw["sync"].dtype.kind == "U" and raw["split_hash"].dtype.kind == "U", "bad text fields")
+    return {
+        "validation_fraction": fraction,
+        "sync": str(raw["sync"]),
+        "split_hash": str(raw["split_hash"]),
+    }
+
+
+def load_states(path: str | Path, workers: int, n_params: int) -> dict:
+    """The saved states of a run of ``workers`` workers and a model of ``n_params``
+    parameters, each array checked; any problem is one ConfigError line. The shapes are
+    compared with the headers before any array is inflated."""
+    path = _states_path(path)
+    settings = read_settings(path)
+    shapes = {"worker_params": (workers, n_params), "samples_seen": (workers,)}
+    raw = _read(path, _ROWS, shapes)
+    need = checker(f"{path}: ")
+    params, seen = raw["worker_params"], raw["samples_seen"]
+    need(params.dtype.kind == "f", f"worker_params must be floats, got {params.dtype}")
+    need(bool(np.isfinite(params).all()), "worker_params contain NaN or infinite values")
+    need(seen.dtype.kind in "iuf", f"samples_seen must be numbers, got {seen.dtype}")
+    need(bool(np.isfinite(seen).all() and (seen >= 0).all()), "samples_seen must be >= 0")
+    return {
+        **settings,
+        "worker_params": params.astype(np.float32, copy=False),
+        "samples_seen": seen,
+    }
+
+
+def _states_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / STATES_FILE
     if not path.is_file():
         raise ConfigError(f"no saved worker states at {path} (train with save_states=true)")
+    return path
+
+
+def _read(path: Path, keys: tuple[str, ...], shapes: dict) -> dict:
     try:
-        raw = read_npz(path, _KEYS)
+        return read_npz(path, keys, shapes=shapes)
     except MissingArrays as exc:
         raise ConfigError(
             f"{path}: not a complete worker-states file (missing {', '.join(exc.missing)}; "
@@ -67,36 +112,3 @@ def load_states(path: str | Path) -> dict:
         ) from None
     except NpzError as exc:
         raise ConfigError(f"{path}: not a readable worker-states file ({exc.detail})") from None
-    return _checked(path, raw)
-
-
-def _checked(path: Path, raw: dict) -> dict:
-    need = checker(f"{path}: ")
-    params, seen = raw["worker_params"], raw["samples_seen"]
-    need(
-        params.ndim == 2 and params.shape[0] >= 1 and params.dtype.kind == "f",
-        f"worker_params must be a float (workers, parameters) array, got {params.dtype}"
-        f"{params.shape}",
-    )
-    need(bool(np.isfinite(params).all()), "worker_params contain NaN or infinite values")
-    need(
-        seen.shape == (params.shape[0],) and seen.dtype.kind in "iuf",
-        f"samples_seen must have one number per worker row ({params.shape[0]}), got {seen.shape}",
-    )
-    need(bool(np.isfinite(seen).all() and (seen >= 0).all()), "samples_seen must be >= 0")
-    scalars = [raw[key] for key in ("validation_fraction", "sync", "split_hash")]
-    need(
-        all(a.shape == () for a in scalars),
-        "validation_fraction, sync and split_hash must be scalars",
-    )
-    need(raw["validation_fraction"].dtype.kind == "f", "validation_fraction must be a number")
-    fraction = float(raw["validation_fraction"])
-    need(0.0 <= fraction < 1.0, f"validation_fraction must be in [0, 1), got {fraction}")
-    need(raw["sync"].dtype.kind == "U" and raw["split_hash"].dtype.kind == "U", "bad text fields")
-    return {
-        "worker_params": params.astype(np.float32, copy=False),
-        "samples_seen": seen,
-        "validation_fraction": fraction,
-        "sync": str(raw["sync"]),
-        "split_hash": str(raw["split_hash"]),
-    }
