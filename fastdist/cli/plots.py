@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fastdist.cli.stats import describe
+from fastdist.engine.files import replacing
 
 __all__ = ["write_plots"]
 
@@ -25,7 +26,8 @@ def _save(fig, path: Path, written: list[Path]) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as fh:  # never through a link or FIFO left at the name
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     written.append(path)
 
@@ -91,8 +93,10 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
         for ax, dataset in zip(axes[0], datasets):
             sub = [r for r in with_path if r["dataset"] == dataset]
             for (combiner, init), group in _grouped(sub, "combiner", "init").items():
-                curves = [r["interpolation"]["test_accuracy"] for r in group]
                 alpha = group[0]["interpolation"]["alpha"]
+                # Only paths over the same points can be averaged point by point.
+                same = [r["interpolation"] for r in group if r["interpolation"]["alpha"] == alpha]
+                curves = [path["test_accuracy"] for path in same]
                 mean = [sum(c[i] for c in curves) / len(curves) for i in range(len(alpha))]
                 ax.plot(alpha, mean, marker=".", label=_label(combiner, init))
             ax.set_xlabel("alpha (worker 0 -> worker 1)")

@@ -10,60 +10,70 @@ group, the number of seeds and the test accuracy and loss as mean ± sample std
 differences in test accuracy over the seeds both ran. The tables need no extra; the
 plots (accuracy per combiner, accuracy against workers, learning curves with 95%
 bands, the interpolation barrier) need matplotlib: pip install 'fastdist[experiments]'.
+
+A run directory may come from anyone: a metrics.json or history.csv that cannot be
+used (too large, not a regular file, not JSON, a field of the wrong type) is skipped
+with one warning line, and the other runs are summarised.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from fastdist.cli.help import command_parser, quiet_on_broken_pipe
+from fastdist.cli.run_results import BadFile, find_metrics, read_history, read_metrics, shown
 from fastdist.cli.stats import describe, paired_differences
+from fastdist.engine.files import replacing
+from fastdist.errors import ConfigError
 
 __all__ = ["load_runs", "main", "paired_table", "summary_table"]
 
-_KEYS = ["dataset", "combiner", "workers", "seed", "test_accuracy", "test_loss"]
 _GROUP = ("dataset", "combiner", "init", "workers")
 
 
-def _number(text: str):
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text else value
+def _warn(message: str) -> None:
+    sys.stderr.write(f"fastdist-summarize: warning: {message}\n")
 
 
-def _history(run_dir: Path) -> list[dict]:
+def _history(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
+    """The history rows beside a run's metrics (none when there is no history.csv, or
+    one that cannot be used: the run's tables do not need it, only its plots)."""
     path = run_dir / "history.csv"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
-    with path.open(newline="") as fh:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    try:
+        rows, skipped = read_history(path)
+    except BadFile as exc:
+        warn(f"ignored {exc}")
+        return []
+    if skipped:
+        warn(f"{shown(path)}: skipped {skipped} malformed row(s)")
+    return rows
 
 
-def load_runs(directory: str | Path) -> list[dict]:
-    """One dict per run (a ``metrics.json``), with its history rows."""
-    runs = []
-    for path in sorted(Path(directory).rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
-        run = {key: metrics.get(key) for key in _KEYS}
-        run.update(
-            init=metrics.get("init") or "shared",
-            samples_per_second=metrics.get("samples_per_second"),
-            interpolation=metrics.get("interpolation"),
-            run=str(path.parent),
-            history=_history(path.parent),
-        )
+def load_runs(directory: str | Path, warn: Callable[[str], None] = _warn) -> list[dict]:
+    """One dict per run (a ``metrics.json``), with its history rows. A file that
+    cannot be used (unreadable, too large, not a regular file, fields of the wrong
+    type) is skipped with one ``warn`` line naming it; FileNotFoundError (one line)
+    when no usable run is left."""
+    runs, skipped = [], 0
+    for path in find_metrics(directory):
+        try:
+            run = read_metrics(path)
+        except BadFile as exc:
+            warn(f"skipped {exc}")
+            skipped += 1
+            continue
+        run.update(run=str(path.parent), history=_history(path.parent, warn))
         runs.append(run)
     if not runs:
-        raise FileNotFoundError(f"no metrics.json below {directory}")
+        usable = f"usable metrics.json ({skipped} skipped)" if skipped else "metrics.json"
+        raise FileNotFoundError(f"no {usable} below {shown(directory)}")
     return runs
 
 
@@ -160,12 +170,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"fastdist-summarize: error: {exc}\n")
         raise SystemExit(2) from None
     out = Path(args.out or args.directory)
+    try:
+        _write_outputs(runs, out, args.baseline, plots=not args.no_plots)
+    except BrokenPipeError:
+        raise  # our reader went away: quiet_on_broken_pipe ends quietly
+    except (ConfigError, OSError) as exc:
+        # ConfigError: a link planted where an output goes (see fastdist.engine.files).
+        detail = exc if isinstance(exc, ConfigError) else exc.strerror or type(exc).__name__
+        sys.stderr.write(f"fastdist-summarize: error: cannot write to {shown(out)}: {detail}\n")
+        raise SystemExit(2) from None
+
+
+def _write_outputs(runs: list[dict], out: Path, baseline: str, plots: bool) -> None:
+    """summary.md and the plots, each written as a new file that replaces the old one:
+    never opened through a link or a FIFO someone left in the (default) run directory."""
     out.mkdir(parents=True, exist_ok=True)
-    text = summary_table(runs) + "\n" + paired_table(runs, args.baseline)
-    (out / "summary.md").write_text(text)
+    text = summary_table(runs) + "\n" + paired_table(runs, baseline)
+    with replacing(out / "summary.md") as fh:
+        fh.write(text.encode())
     print(text)
     written = [out / "summary.md"]
-    if not args.no_plots:
+    if plots:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
