@@ -28,6 +28,16 @@ def no_workers(monkeypatch):
         (["worker_timeout=-1"], "worker_timeout"),
         (["dataset.n_features=0"], "n_features"),
         (["dataset.n_test=0"], "n_test"),
+        (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite number"),
+        (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number"),
+        (["max_workers=-1"], "max_workers must be >= 1"),
+        (["history.every=0"], "history.every must be >= 1"),
+        (["optimizer.lr='0.1'"], "optimizer.lr='0.1' is a string"),
+        (["seed='3'"], "seed='3' is a string"),
+        (
+            ["workers=99999999999999999999", "max_workers=99999999999999999999"],
+            "workers=99999999999999999999 cannot run here: .* need at least",
+        ),
     ],
 )
 def test_refused_before_start_up(tmp_path, overrides, message):
@@ -55,3 +65,14 @@ def test_max_workers_lets_a_large_pool_through_the_check(tmp_path):
     )
     assert "max_workers" not in err and "a worker was started" in err
     assert len(err.strip().splitlines()) == 1  # no second line from Hydra either
+
+
+def test_a_sweep_checks_every_job_before_the_first_trains(tmp_path):
+    # Job 1 of 3 is refused: nothing trains (the pool would refuse to start anyway),
+    # and the error is the job's own check, in one line.
+    code, err = run_cli(
+        ["-m", *small_run("optimizer.lr=0.05,-1,0.05"), f"hydra.sweep.dir={tmp_path}/sweep"]
+    )
+    assert code == 2, err
+    assert err.strip().splitlines() == ["fastdist: error: optimizer.lr must be > 0, got -1.0"]
+    assert not list(tmp_path.rglob("metrics.json"))

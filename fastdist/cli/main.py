@@ -54,15 +54,13 @@ def _raise_if_signalled() -> None:
 
 
 def write_metrics(metrics: dict, directory: str | Path) -> Path:
-    """Write ``metrics.json`` atomically (temp file + rename): readers never see half."""
+    """Write ``metrics.json`` atomically (temp file + rename): readers never see half,
+    and nothing is written through a link planted in the directory."""
+    from fastdist.engine.files import replacing
+
     path = Path(directory) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no debris on a full disk or a Ctrl-C
-        raise
+    with replacing(path) as fh:
+        fh.write((json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
@@ -102,15 +100,19 @@ def _run(cfg: DictConfig) -> float:
 def _job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    from fastdist.run.config_checks import check_override_types, validate
     from fastdist.run.coordinator import train
 
     out_dir = HydraConfig.get().runtime.output_dir
     if cfg.quiet:
         logging.getLogger("fastdist").setLevel(logging.WARNING)
-    warning = check_sweep_fits(cfg)
-    if warning:
-        log.warning(warning)
     try:
+        # The values first: no advice about a sweep's threads for a config refused anyway.
+        check_override_types(cfg, HydraConfig.get().overrides.task)
+        validate(cfg)
+        warning = check_sweep_fits(cfg)
+        if warning:
+            log.warning(warning)
         result = train(cfg)
     except FastdistError as exc:
         # SystemExit passes through Hydra untouched: no "Error executing job" banner

@@ -15,7 +15,12 @@ served to Hydra) and :mod:`.config_checks` (value checks), re-exported.
 
 from __future__ import annotations
 
-from fastdist.run.config_checks import checkpointing, default_max_workers, validate
+from fastdist.run.config_checks import (
+    check_override_types,
+    checkpointing,
+    default_max_workers,
+    validate,
+)
 from fastdist.run.config_schema import (
     Backend,
     BackendConfig,
@@ -60,4 +65,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()):
 
     GlobalHydra.instance().clear()
     with initialize_config_module("fastdist.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        cfg = hydra_compose("config", overrides=list(overrides))
+    check_override_types(cfg, overrides)
+    return cfg

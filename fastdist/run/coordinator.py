@@ -26,16 +26,16 @@ from fastdist.run.accounting import run_accounting
 from fastdist.run.arena import arena_arrays, check_data_memory, fill_arena, resume_into
 from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
-from fastdist.run.config_checks import checkpointing, validate
+from fastdist.run.config_checks import checkpointing
 from fastdist.run.config_schema import enum_value
 from fastdist.run.distributed import world
 from fastdist.run.placement import Placement, plan_run
 from fastdist.run.pool_cache import pool_options, reuse_requested
 from fastdist.run.preparation import prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
-from fastdist.run.records import build_combiner, build_model, build_optimizer, build_schedule
-from fastdist.run.rounds import check_rounds
-from fastdist.run.supervision import check_failure_policy, supervise
+from fastdist.run.prestart import check_job
+from fastdist.run.records import build_model
+from fastdist.run.supervision import supervise
 from fastdist.run.watch import watch
 from fastdist.run.worker import WorkerSpec
 
@@ -74,16 +74,13 @@ class RunResult:
 
 def train(cfg) -> RunResult:
     """Run one training job described by a composed config (see conf/config.yaml)."""
-    validate(cfg)
+    job = check_job(cfg)
+    combiner, optimizer, lr_schedule = job.combiner, job.optimizer, job.schedule
     check_memory_order()
     for name in remove_stale_segments():
         log.warning("removed /dev/shm/%s, left by a run that was killed", name)
-    combiner, optimizer = build_combiner(cfg.combiner), build_optimizer(cfg.optimizer)
-    lr_schedule = build_schedule(cfg.schedule)
     fraction = held_out_fraction(cfg, combiner)
-    check_failure_policy(enum_value(cfg.on_worker_failure), combiner, enum_value(cfg.dist))
     comm = _mpi_world(cfg, combiner)
-    check_rounds(combiner, optimizer, enum_value(cfg.dist))
     place = Placement.of(comm, int(cfg.workers))
     saving = _check_files(cfg, fraction)  # checkpoint path, resume file, memory: before start-up
 

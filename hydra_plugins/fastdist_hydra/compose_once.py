@@ -11,7 +11,10 @@ was most of a job's overhead. This sweeper
   composed from that job's config (:class:`_SameGroupJobs`), instead of composing it.
 
 The sweep syntax, batches and up-front validation are Hydra's, and so are the configs
-(tests/test_sweeper.py compares them with Hydra's, its ``hydra`` node included).
+(tests/test_sweeper.py compares them with Hydra's, its ``hydra`` node included). The
+validation goes further than Hydra's: each job's config is also put through the checks
+its run makes before it allocates anything, so a bad value in any job of a batch fails
+the sweep before its first job trains.
 
 It lives in the ``hydra_plugins`` namespace because Hydra instantiates sweepers only
 from there. Memory: a composed config is about 0.5 MB, held from validation until its
@@ -155,12 +158,13 @@ class _ComposedOnce:
         self._waiting: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}
         self._same_groups = _SameGroupJobs()
 
-    def compose_ahead(self, master_config: DictConfig, overrides: Sequence[str]) -> None:
+    def compose_ahead(self, master_config: DictConfig, overrides: Sequence[str]) -> DictConfig:
         config = self._same_groups.derive(master_config, overrides)
         if config is None:
             config = self._loader.load_sweep_config(master_config, list(overrides))
             self._same_groups.remember(master_config, overrides, config)
         self._waiting[tuple(overrides)] = (master_config, config)
+        return config
 
     def forget(self) -> None:
         self._waiting.clear()
@@ -192,9 +196,16 @@ class ComposeOnceSweeper(BasicSweeper):
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Compose every job of the batch and make the checks each job's run would make
+        as it starts (:func:`fastdist.run.prestart.check_job`): a bad value in the last
+        job fails the sweep before the first one trains."""
+        from fastdist.run.prestart import check_job
+
         self._loader.forget()  # what a failed batch left behind
-        if not isinstance(self.launcher, BasicLauncher):
-            super().validate_batch_is_legal(batch)
-            return
+        in_process = isinstance(self.launcher, BasicLauncher)
         for overrides in batch:
-            self._loader.compose_ahead(self.config, overrides)
+            if in_process:
+                config = self._loader.compose_ahead(self.config, overrides)
+            else:  # the launcher composes again in its own processes
+                config = self._loader.load_sweep_config(self.config, list(overrides))
+            check_job(config, overrides)

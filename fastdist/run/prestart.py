@@ -1,0 +1,48 @@
+"""The checks a job passes before anything is allocated, in one place: a run makes them
+as it starts (:func:`fastdist.run.coordinator.train`), and the sweeper makes them for
+every job of a multirun before the first one starts, so a bad value in the last job
+costs no training at all.
+
+They need no data and start nothing: the config's values (:func:`validate`), quoted
+strings where numbers go, and every record the config names except the model (whose
+shape comes from the data) built, which is where records check their own options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastdist.combiners.base import Combiner
+from fastdist.optim.base import Optimizer
+from fastdist.optim.schedules import Schedule
+from fastdist.run.config_checks import check_override_types, validate
+from fastdist.run.config_schema import enum_value
+from fastdist.run.records import build_combiner, build_optimizer, build_partition, build_schedule
+from fastdist.run.rounds import check_rounds
+from fastdist.run.supervision import check_failure_policy
+
+__all__ = ["CheckedJob", "check_job"]
+
+
+@dataclass(frozen=True)
+class CheckedJob:
+    """The records a checked config names (built once; the run goes on with them)."""
+
+    combiner: Combiner
+    optimizer: Optimizer
+    schedule: Schedule
+
+
+def check_job(cfg, overrides: Sequence[str] = ()) -> CheckedJob:
+    """Every check that needs no data, or a one-line ConfigError. ``overrides`` are the
+    command-line overrides the config was composed from, when known."""
+    validate(cfg)
+    check_override_types(cfg, overrides)
+    combiner, optimizer = build_combiner(cfg.combiner), build_optimizer(cfg.optimizer)
+    schedule = build_schedule(cfg.schedule)
+    build_partition(cfg.get("partition"))
+    dist = enum_value(cfg.dist)
+    check_failure_policy(enum_value(cfg.on_worker_failure), combiner, dist)
+    check_rounds(combiner, optimizer, dist)
+    return CheckedJob(combiner, optimizer, schedule)
