@@ -59,6 +59,13 @@ class Liveness:
             return max(stepping, STARTUP_SECONDS)
         return stepping
 
+    def restart(self) -> None:
+        """Idle workers are handed a new job (a warm pool): their silence counts from
+        now, not from their last beat in the previous job, since an idle worker does
+        not beat. Rows of workers that never started stay 0."""
+        started = self._beats[:, 0] != 0
+        self._beats[started, 0] = time.monotonic_ns()
+
     def forget(self, rank: int) -> None:
         """Stop watching ``rank`` (it was killed or excluded)."""
         self._forgotten.add(rank)

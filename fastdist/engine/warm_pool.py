@@ -7,10 +7,17 @@ processes, their imports and whatever they compiled stay loaded between jobs; wh
 job shares (its arena) is named in the job's arguments and attached by the target, so
 every job can bring its own segment.
 
-The pool is supervised by the same :meth:`WorkerPool.join` as a one-shot pool: an
-error or a death in a job ends that job with the same one-line error. A pool that saw
-any failure must not run another job (its barrier may be aborted or a worker
-excluded): :attr:`WarmPool.usable` turns false and the owner shuts it down.
+A job starts only once every worker has taken it: each answers ``accepted`` and
+waits for ``start``. An idle worker can be killed from outside, and SIGKILL takes
+effect asynchronously, so no check made before handing a job out can prove the worker
+will run it; its answer does. A worker that dies (or stays silent) before answering
+raises :class:`WarmPoolLost`: nothing of that job ran anywhere, so the owner may run it
+again, unchanged, on a fresh pool.
+
+Once started, the job is supervised by the same :meth:`WorkerPool.join` as a one-shot
+pool: an error or a death ends it with the same one-line error. A pool that saw any
+failure must not run another job (its barrier may be aborted or a worker excluded):
+:attr:`WarmPool.usable` turns false and the owner shuts it down.
 
 Workers are started without re-running the parent's ``__main__`` (when the job does
 not need it): under the ``fastdist`` console script that re-import would load the
@@ -27,17 +34,46 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
 from typing import Any
 
 from fastdist.engine.pool import WorkerPool
+from fastdist.engine.worker_errors import describe_exit, worker_failure
 from fastdist.errors import WorkerError
 
-__all__ = ["WarmPool", "serve_jobs", "main_module_hidden"]
+__all__ = ["WarmPool", "WarmPoolLost", "serve_jobs", "main_module_hidden"]
+
+_START = "start"  # sent to every worker once all of them have accepted the job
+_GRACE_SECONDS = 1.0
+
+
+class WarmPoolLost(WorkerError):
+    """A worker died or stopped before it took the job handed to it. No worker started
+    that job, so it can run again, unchanged, on a fresh pool."""
+
+
+def _next_message(inbox) -> Any:
+    """The next message on ``inbox``; None also when the coordinator's end is closed."""
+    try:
+        return inbox.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _leave() -> None:
+    """Dismissed: leave at once. The job's arena is detached and the pipes carry nothing
+    more; finalizing an interpreter that loaded LLVM and BLAS takes most of a second
+    that the coordinator would spend waiting."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def serve_jobs(ctx, inboxes: tuple, preload: tuple[str, ...] = ()) -> None:
     """A warm worker's life: import ``preload``, then run each job received on its own
-    inbox until ``None`` (or the coordinator's end of the pipe closes)."""
+    inbox, once the coordinator says ``start``, until ``None`` (or the coordinator's end
+    of the pipe closes)."""
     inbox = inboxes[ctx.rank]
     for other in inboxes:
         if other is not inbox:
@@ -47,18 +83,13 @@ def serve_jobs(ctx, inboxes: tuple, preload: tuple[str, ...] = ()) -> None:
         # pool started ahead of its jobs does it while the coordinator prepares them.
         importlib.import_module(module)
     while True:
-        try:
-            job = inbox.recv()
-        except (EOFError, OSError):
-            return
+        job = _next_message(inbox)
         if job is None:
-            # Dismissed: leave at once. The job's arena is detached and the pipes carry
-            # nothing more; finalizing an interpreter that loaded LLVM and BLAS takes
-            # most of a second that the coordinator would spend waiting.
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(0)
+            _leave()
+        ctx.begin_job()  # the idle time since the last job is not silence
+        ctx.send("accepted")
+        if _next_message(inbox) != _START:
+            _leave()  # another worker was lost: this job runs elsewhere
         target, args = job
         target(ctx, *args)
         del job, target, args  # nothing of a finished job stays referenced
@@ -134,7 +165,8 @@ class WarmPool:
         return self._pool.barrier
 
     def alive(self) -> bool:
-        """Every worker is still running (an idle worker can be killed from outside)."""
+        """Every worker is still running, as far as can be told now: a shortcut for the
+        owner, not a promise (see :class:`WarmPoolLost`)."""
         procs = self._pool._procs  # same package: the one-shot pool's processes
         return self._started and len(procs) == self.n_workers and all(p.is_alive() for p in procs)
 
@@ -154,21 +186,66 @@ class WarmPool:
     ) -> dict[int, Any]:
         """Run ``target(ctx, *args)`` on every worker; their ``done`` payloads.
 
-        Any failure (raised, or tolerated and reported in a payload) leaves the pool
-        unusable for another job.
+        Raises :class:`WarmPoolLost` if a worker is lost before the job started. Any
+        failure (that one, one raised, or one tolerated and reported in a payload)
+        leaves the pool unusable for another job.
         """
         if not self.usable:
             raise RuntimeError("this warm pool saw a failure; start a new one")
         self.usable = False  # until this job has ended cleanly
-        for rank, writer in enumerate(self._writers):
-            try:
-                writer.send((target, args))
-            except OSError:
-                raise WorkerError(f"warm worker {rank} was gone before the job started") from None
+        self._hand_out((target, args))
         results = self._pool.join(on_message, tolerate_failures=tolerate_failures)
         self.jobs_run += 1
         self.usable = not any(isinstance(r, dict) and "failed" in r for r in results.values())
         return results
+
+    def _hand_out(self, job: tuple) -> None:
+        """Give every worker ``job``, and start it once all of them have accepted it."""
+        self._pool.liveness.restart()  # idle workers do not beat: silence counts from now
+        for rank, writer in enumerate(self._writers):
+            try:
+                writer.send(job)
+            except OSError:
+                raise WarmPoolLost(f"worker {rank} was gone before the job started") from None
+        self._await_acceptance()
+        for writer in self._writers:
+            # A worker that died since it accepted has started the job as far as the
+            # owner knows: the supervision sees its death as any other during the job.
+            with contextlib.suppress(OSError):
+                writer.send(_START)
+
+    def _await_acceptance(self) -> None:
+        """Return once every worker has answered ``accepted``; :class:`WarmPoolLost` if
+        one dies, or stays silent past its limit (stopped), before it answers."""
+        pool, waiting = self._pool, set(range(self.n_workers))
+        while waiting:
+            watched = {pool._conns[rank]: rank for rank in waiting}
+            watched.update({pool._procs[rank].sentinel: rank for rank in waiting})
+            for ready in wait(list(watched), timeout=pool.liveness.poll_seconds):
+                rank = watched[ready]
+                if rank in waiting and self._accepted(rank):
+                    waiting.discard(rank)
+            silent = pool.liveness.silent_worker(set(range(self.n_workers)) - waiting)
+            if silent is not None:
+                pool._procs[silent[0]].kill()
+                raise WarmPoolLost(silent[1])
+
+    def _accepted(self, rank: int) -> bool:
+        """Read worker ``rank``'s answer, which its pipe or its death made ready."""
+        conn = self._pool._conns[rank]
+        try:
+            kind, _, payload = conn.recv() if conn.poll() else ("exited", rank, None)
+        except (EOFError, OSError):
+            kind = "exited"
+        if kind == "accepted":
+            return True
+        if kind == "error":  # it could not take the job (unpickling it failed, say)
+            raise worker_failure(rank, payload)
+        if kind != "exited":
+            raise WorkerError(f"worker {rank} sent {kind!r} before it took the job")
+        proc = self._pool._procs[rank]
+        proc.join(_GRACE_SECONDS)
+        raise WarmPoolLost(f"worker {rank} {describe_exit(proc.exitcode)} before it took the job")
 
     def shutdown(self) -> None:
         """Tell idle workers to leave, then stop them as a one-shot pool is stopped

@@ -36,6 +36,16 @@ class WorkerContext:
         """A small control message to the coordinator (never an array)."""
         self._conn.send((kind, self.rank, payload))
 
+    def begin_job(self) -> None:
+        """A warm worker takes a new job: its heartbeat starts over as a new worker's
+        (start-up phase, beating now), so neither the idle time since its last job nor
+        that job's slowest step counts against this one."""
+        self._last_step_ns = self._slowest_ns = 0
+        beat = self._heartbeat
+        if beat is not None:
+            beat[1:4] = 0  # steps, phase (start-up), slowest step
+            beat[0] = time.monotonic_ns()
+
     def heartbeat(self, step: int) -> None:
         """``step`` steps are done: tell the coordinator this worker is making progress
         (a few array stores; call it once per step)."""

@@ -178,7 +178,7 @@ class History:
         self.listeners: list[Callable[[dict], None]] = []
         self.rows: list[dict] = []
         self.start: float | None = None
-        self._pending: dict[int, list[dict]] = {}
+        self._pending: dict[int, dict[int, dict]] = {}  # step -> rank -> report
         self._snapshots: dict[int, dict[int, np.ndarray]] = {}
         self._held: list[tuple[dict, np.ndarray]] = []  # (row, parameter rows) to score
         self._held_bytes = 0
@@ -209,13 +209,15 @@ class History:
             row = 0 if self.schedule.shares_parameters else rank
             rows[row] = self.arena["snapshots"][row].copy()
             flags[_TAKEN] = flags[_WRITTEN]  # the worker may write its next snapshot
-        reports = self._pending.setdefault(step, [])
-        reports.append(payload)
+        reports = self._pending.setdefault(step, {})
+        reports[rank] = payload
         if len(reports) == self.workers:
             self._emit(step)
 
     def _emit(self, step: int) -> None:
-        reports = self._pending.pop(step)
+        # Rank order, not arrival order: that is timing (a warm pool's differs from a
+        # cold one's), and a float sum of three or more losses changes with the order.
+        reports = [report for _, report in sorted(self._pending.pop(step).items())]
         if self.start is None:
             self.begin(0)
         now = max(r["time"] for r in reports)

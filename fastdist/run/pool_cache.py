@@ -16,6 +16,9 @@ the launcher runs jobs in this process, ``pool.reuse`` is not false, ``dist=loca
 
 A job that fails in any way (an error, a worker's death, a tolerated failure under
 ``on_worker_failure=continue``, Ctrl-C) shuts the pool down; the next job starts fresh.
+A kept worker lost while idle (killed between jobs) is not the job's failure: the job
+learns it before any worker started it (:class:`WarmPoolLost`) and runs on fresh
+workers instead.
 The last pool is shut down when the sweep ends (:class:`SweepWarmPool`, a Hydra
 callback), and in any case when the process exits (atexit).
 
@@ -35,7 +38,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from fastdist.engine.warm_pool import WarmPool
+from fastdist.engine.warm_pool import WarmPool, WarmPoolLost
 
 __all__ = [
     "SweepWarmPool",
@@ -180,34 +183,51 @@ def _new_pool(workers: int, backend: str, options: dict) -> WarmPool:
     return candidate
 
 
-def _acquire(workers: int, backend: str, options: dict) -> WarmPool:
+def _acquire(workers: int, backend: str, options: dict) -> tuple[WarmPool, bool]:
+    """A pool for the next job, and whether it is the kept one."""
     global _warm
     extra_key = (backend, _environment_key())
     with _lock:
         kept, _warm = _warm, None
     if kept is not None:
+        # alive() only spares a job a pool already known dead; one whose worker dies
+        # after it (or is dying) is caught when the job is handed out (WarmPoolLost).
         if kept.key == WarmPool.key_for(workers, extra_key, **options) and kept.alive():
             if kept.jobs_run:
                 log.info("workers kept warm from the previous job (%d before)", kept.jobs_run)
             else:
                 log.info("workers started while the sweep was being prepared")
-            return kept
+            return kept, True
         kept.shutdown()
-    return _new_pool(workers, backend, options)
+    return _new_pool(workers, backend, options), False
 
 
 class _WarmJob:
-    """One job's view of a warm pool: what supervision calls on a one-shot pool."""
+    """One job's view of a warm pool: what supervision calls on a one-shot pool.
 
-    def __init__(self, pool: WarmPool, target: Callable, args: tuple) -> None:
-        self._pool, self._target, self._args = pool, target, args
+    ``replace`` starts fresh workers for the job when the kept ones turn out lost as it
+    is handed out (nothing of it ran: it runs again, unchanged); None for a pool
+    started for this job, whose loss is the job's failure."""
+
+    def __init__(
+        self, pool: WarmPool, target: Callable, args: tuple, replace: Callable | None = None
+    ) -> None:
+        self.pool, self._target, self._args, self._replace = pool, target, args, replace
 
     @property
     def barrier(self):
-        return self._pool.barrier
+        return self.pool.barrier
 
     def join(self, on_message=None, tolerate_failures: bool = False) -> dict[int, Any]:
-        return self._pool.run(self._target, self._args, on_message, tolerate_failures)
+        try:
+            return self.pool.run(self._target, self._args, on_message, tolerate_failures)
+        except WarmPoolLost as lost:
+            if self._replace is None:
+                raise
+            log.warning("%s; the job runs on fresh workers", lost)
+            self.pool.shutdown()
+            self.pool, self._replace = self._replace(), None
+        return self.pool.run(self._target, self._args, on_message, tolerate_failures)
 
 
 @contextlib.contextmanager
@@ -238,14 +258,16 @@ def job_pool(
         finally:
             pool.shutdown()
         return
-    pool = _acquire(workers, backend, pool_options)
+    pool, kept = _acquire(workers, backend, pool_options)
+    replace = (lambda: _new_pool(workers, backend, pool_options)) if kept else None
+    job = _WarmJob(pool, target, args, replace)
     try:
-        yield _WarmJob(pool, target, args)
+        yield job
     except BaseException:
-        pool.shutdown()
+        job.pool.shutdown()  # a replaced pool is already shut down
         raise
-    if pool.usable:
+    if job.pool.usable:
         with _lock:
-            _warm = pool
+            _warm = job.pool
     else:
-        pool.shutdown()
+        job.pool.shutdown()
