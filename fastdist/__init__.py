@@ -15,7 +15,7 @@ _PUBLIC = {
     "train": "fastdist.run.api",
     "RunResult": "fastdist.run.coordinator",
     "compose": "fastdist.run.config",
-    "FastdistConfig": "fastdist.run.config",
+    "FastdistConfig": "fastdist.run.config_schema",
     "HistoryConfig": "fastdist.run.history",
     "LoggerConfig": "fastdist.run.loggers",
     # records and what they exchange
@@ -33,8 +33,10 @@ _PUBLIC = {
     "Combiner": "fastdist.combiners.base",
     "CombinedModel": "fastdist.combiners.base",
     "FinalizeInputs": "fastdist.combiners.base",
-    "Sync": "fastdist.combiners.base",
-    "SyncSchedule": "fastdist.combiners.base",
+    "Sync": "fastdist.combiners.exchange",
+    "Exchange": "fastdist.combiners.exchange",
+    "ExchangeView": "fastdist.combiners.exchange",
+    "WorkerExchange": "fastdist.combiners.exchange",
     "evaluate": "fastdist.combiners.evaluate",
     "predict_proba": "fastdist.combiners.evaluate",
     # data and memory

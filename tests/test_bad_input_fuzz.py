@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fastdist.cli.main import main
 from fastdist.conf import registered
-from fastdist.run.config import default_max_workers
+from fastdist.run.config_checks import default_max_workers
 
 KNOWN_COMBINERS = set(registered("combiner"))  # every shipped preset
 words = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)

@@ -283,7 +283,7 @@ def test_version_help_banner_log_name_and_experiment_presets(tmp_path):
 def test_a_worker_traceback_becomes_the_cause_of_its_error(monkeypatch):
     import fastdist as api
     from fastdist.engine.faults import ENV_VAR
-    from fastdist.engine.pool import RemoteTraceback
+    from fastdist.engine.worker_errors import RemoteTraceback
     from fastdist.errors import WorkerError
 
     monkeypatch.setenv(ENV_VAR, "worker=1,step=2,kind=raise")

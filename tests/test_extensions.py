@@ -75,6 +75,40 @@ def test_the_extension_is_reached_from_the_command_line(tmp_path):
     assert metrics["combiner"] == "coordinate_median"
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_syncing_combiner_written_against_the_protocol_trains(workers):
+    """median_grad (toy_records.py, one YAML) syncs every step through the exchange
+    protocol alone: the run equals a NumPy replay of its rule (the median of the
+    workers' gradients, then plain SGD on the one shared vector)."""
+    from fastdist.run.worker import epoch_order
+
+    steps = 6
+    result = _train(
+        f"workers={workers}", f"steps={steps}", "combiner=median_grad", "optimizer=sgd",
+        "optimizer.momentum=0", "optimizer.lr=0.1", "validation_fraction=0",
+    )  # fmt: skip
+    assert result.metrics["comm_syncs"] == steps and result.metrics["comm_vectors_per_sync"] == 1
+    assert result.worker_params.shape[0] == 1  # one shared vector
+    # The replay: the same shards and batches, the median, an SGD step.
+    cfg = fastdist.compose([*TOY, f"workers={workers}", f"steps={steps}"])
+    from fastdist.run.preparation import prepare_data
+    from fastdist.run.records import build_model
+
+    with prepare_data(cfg, workers, 0.0) as data:
+        model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
+        theta = model.init(int(cfg.seed)).astype(np.float32)
+        x_all, y_all = np.asarray(data.dataset.x_train), np.asarray(data.dataset.y_train)
+        order = np.asarray(data.rows)
+        for step in range(steps):
+            grads = []
+            for k, (lo, hi) in enumerate(data.shards):
+                perm = epoch_order(int(cfg.seed), k, 0, hi - lo)
+                idx = order[lo:hi][perm[step * 16 : (step + 1) * 16]]
+                grads.append(model.reference_loss_and_grad(theta, x_all[idx], y_all[idx])[1])
+            theta = theta - np.float32(0.1) * np.median(np.stack(grads), axis=0)
+    np.testing.assert_allclose(result.worker_params[0], theta, rtol=1e-4, atol=1e-6)
+
+
 def test_a_user_factory_that_builds_the_wrong_record_is_one_line():
     cfg = fastdist.compose([*TOY, "combiner=coordinate_median"])
     cfg.combiner._target_ = "toy_records.linear_softmax"

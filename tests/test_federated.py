@@ -115,15 +115,15 @@ def test_scaffold_control_variates_match_a_numpy_reimplementation(tmp_path):
 
 
 def test_participation_picks_the_same_workers_for_the_same_seed():
-    plan = federated(participation=0.5).schedule.rounds
-    first = [plan.participants(7, r, 8).tolist() for r in range(20)]
-    again = [plan.participants(7, r, 8).tolist() for r in range(20)]
-    other = [plan.participants(8, r, 8).tolist() for r in range(20)]
+    plan = federated(participation=0.5).exchange
+    first = [plan.members(7, r, 8).tolist() for r in range(20)]
+    again = [plan.members(7, r, 8).tolist() for r in range(20)]
+    other = [plan.members(8, r, 8).tolist() for r in range(20)]
     assert first == again
     assert first != other
     assert all(len(p) == 4 and p == sorted(set(p)) for p in first)
     assert len({tuple(p) for p in first}) > 1  # a new sample each round
-    assert plan.participants(7, 3, 1).tolist() == [0]  # at least one worker
+    assert plan.members(7, 3, 1).tolist() == [0]  # at least one worker
 
 
 def test_partial_participation_is_deterministic_and_idle_workers_compute_nothing():
@@ -143,7 +143,7 @@ def test_presets_build_with_their_outer_optimizers():
     for preset in [*PRESETS, "fedprox", "scaffold"]:
         combiner = build_combiner(fastdist.compose([f"combiner={preset}"]).combiner)
         assert combiner.name == preset
-        outer = combiner.schedule.rounds.outer
+        outer = combiner.exchange.outer
         outers[preset] = None if outer is None else outer.name
     assert outers["fedavg"] is None and outers["fedavgm"] == "sgd" == outers["slowmo"]
     assert outers["fedadam"] == "fedadam" and outers["diloco"] == "nesterov"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastdist import __version__
-from fastdist.run.config import FastdistConfig
+from fastdist.run.config_schema import FastdistConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import small_run
 
 import fastdist
-from fastdist.combiners.base import Sync, SyncSchedule
+from fastdist.combiners.exchange import gradient_mean, lock_free, periodic_average
 from fastdist.errors import ConfigError
 from fastdist.run.history import COLUMNS, History, bytes_per_sync
 from fastdist.run.loggers import LoggerConfig, make_sinks
@@ -60,7 +60,8 @@ def test_history_merges_reports_of_every_worker():
         batch=4,
         steps_per_epoch=10,
         lr=lambda step: 0.1,
-        schedule=SyncSchedule(Sync.PARAMETERS, period=5),
+        exchange=periodic_average(5),
+        total_steps=100,
         sync_bytes=100,
     )
     seen = []
@@ -79,11 +80,11 @@ def test_history_merges_reports_of_every_worker():
 
 
 def test_bytes_per_sync_counts_what_is_averaged():
-    grads = SyncSchedule(Sync.GRADIENTS)
-    params = SyncSchedule(Sync.PARAMETERS, period=2, average_state=True)
-    assert bytes_per_sync(grads, 4, 10, 1) == 4 * 10 * 4
+    params = periodic_average(2, average_state=True)
+    assert bytes_per_sync(gradient_mean(), 4, 10, 1) == 4 * 10 * 4
     assert bytes_per_sync(params, 4, 10, 1) == 4 * 10 * 4 * 2
-    assert bytes_per_sync(SyncSchedule(Sync.ASYNC), 4, 10, 1) == 0
+    # Hogwild: every worker's update reaches the shared vector at every step.
+    assert bytes_per_sync(lock_free(), 4, 10, 1) == 4 * 10 * 4
 
 
 def test_csv_and_tensorboard_get_the_same_series(tmp_path):

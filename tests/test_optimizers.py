@@ -226,9 +226,9 @@ def test_bad_optimizer_and_schedule_options_are_config_errors():
 
 
 def test_local_sgd_average_state_and_its_old_name():
-    assert local_sgd(average_state=True).schedule.average_state
-    assert local_sgd(average_momentum=True).schedule.average_state
-    assert not local_sgd().schedule.average_state
+    assert local_sgd(average_state=True).exchange.average_state
+    assert local_sgd(average_momentum=True).exchange.average_state
+    assert not local_sgd().exchange.average_state
     with pytest.raises(ConfigError, match="old name"):
         local_sgd(average_state=True, average_momentum=False)
 

@@ -11,7 +11,8 @@ from hydra.core.object_type import ObjectType
 from hydra.errors import ConfigCompositionException
 
 from fastdist.conf import registered
-from fastdist.run.config import compose, schema_options
+from fastdist.run.config import compose
+from fastdist.run.record_schemas import schema_options
 from hydra_plugins.fastdist_hydra.schemas import (
     SCHEMAS,
     FastdistSchemaSource,

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from fastdist.combiners.base import Sync, SyncSchedule
+from fastdist.combiners.exchange import gradient_mean
 from fastdist.engine.warm_pool import WarmPool, WarmPoolLost
 from fastdist.run import pool_cache
 from fastdist.run.config import compose
@@ -61,7 +61,8 @@ def test_history_adds_the_workers_losses_in_rank_order():
             batch=1,
             steps_per_epoch=10,
             lr=lambda step: 0.1,
-            schedule=SyncSchedule(Sync.GRADIENTS),
+            exchange=gradient_mean(),
+            total_steps=10,
             sync_bytes=0,
         )
         history.begin(0, start=0.0)

@@ -1,7 +1,8 @@
-"""A model, an optimizer and a combiner that are NOT part of fastdist, plugged in through
-the documented extension points only (docs/design.md quotes this file): a factory in an
-importable module, and a YAML naming it in a config directory on Hydra's search path
-(tests/extensions/conf). Spawned workers import this module by name."""
+"""A model, an optimizer and two combiners (one that syncs during training) that are
+NOT part of fastdist, plugged in through the documented extension points only
+(docs/design.md quotes this file): a factory in an importable module, and a YAML naming
+it in a config directory on Hydra's search path (tests/extensions/conf). Spawned
+workers import this module by name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, Sync, SyncSchedule
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs
+from fastdist.combiners.exchange import Exchange, Sync, WorkerExchange, no_exchange
 from fastdist.models.base import FlatLayout, Model
 from fastdist.optim.base import Optimizer
 
@@ -107,4 +109,48 @@ def coordinate_median(init: str = "shared") -> Combiner:
         median = np.median(inputs.worker_params, axis=0).astype(np.float32)
         return CombinedModel((median,), info={"rule": "median"})
 
-    return Combiner("coordinate_median", SyncSchedule(Sync.NONE), finalize, init=init)
+    return Combiner("coordinate_median", no_exchange(), finalize, init=init)
+
+
+# --- a combiner that syncs: the coordinate-wise median of the gradients, every step ----
+@dataclass(frozen=True)
+class MedianOfGradients(Exchange):
+    kind: Sync = Sync.GRADIENTS
+    shares_parameters: bool = True  # one parameter vector, one optimizer state
+    shares_state: bool = True
+
+    def sync_at(self, step: int, total_steps: int) -> bool:
+        return True
+
+    def arrays(self, workers: int, size: int, n_state: int) -> dict:
+        return {"median": ((size,), np.float32)}
+
+    def published(self, arena) -> list[np.ndarray]:
+        return [arena["grads"]]  # one row per worker: gathered across nodes under MPI
+
+    def vectors_per_sync(self, n_state: int) -> int:
+        return 1
+
+    def worker(self, view) -> WorkerExchange:
+        return MedianWorker(view)
+
+
+class MedianWorker(WorkerExchange):
+    def local_step(self, step: int, lr: float) -> None:
+        pass  # the update comes from the median, at the sync
+
+    def sync(self, step: int, lr: float) -> None:
+        v, lo, hi = self.view, self.view.lo, self.view.hi
+        v.meet()  # every worker's gradient row is written
+        median = v.arena["median"]
+        np.median(v.grads[:, lo:hi], axis=0, out=median[lo:hi])  # my slice only
+        v.optimizer.update(v.params, v.state, median, lo, hi, step, lr=lr)
+        v.barrier.wait()  # the whole vector is updated before the next step
+
+
+def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
+    return CombinedModel((inputs.worker_params[0].copy(),))
+
+
+def median_grad(init: str = "shared") -> Combiner:
+    return Combiner("median_grad", MedianOfGradients(), _shared_row, init=init)

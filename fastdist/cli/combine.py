@@ -48,7 +48,7 @@ def combine_saved(
     line), applied last: options of the combiners, or the ``model.factory`` of a JAX
     model, which a run directory may not name.
     """
-    from fastdist.combiners.base import Sync
+    from fastdist.combiners.exchange import Sync
     from fastdist.data.mnist1d import no_cache_writes
     from fastdist.run.combine import combine
     from fastdist.run.config_checks import validate

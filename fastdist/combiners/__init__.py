@@ -2,22 +2,23 @@
 
 The registry is the set of ``conf/combiner/<name>.yaml`` files (each names its factory
 in ``_target_``): :data:`REGISTRY` maps name -> factory path, and the parametrised
-tests and the CLI both read it.
+tests, the CLI and this module's names all read it. ``fastdist.combiners.<name>`` is
+the factory of every shipped config: the factory itself where the config just names it
+(``grad_avg``), else that factory with the config's preset options (``fedadam``:
+``federated`` with ``outer="adam"``, ...), which keyword arguments override.
 
-The built-in factories and the registry load on first use: every worker imports
-``fastdist.combiners.base`` (for the sync schedule), which runs this file first, and
+The factories and the registry load on first use: every worker imports
+``fastdist.combiners.exchange`` (for its exchange), which runs this file first, and
 importing every combiner (SciPy's assignment solver for alignment, the YAML registry)
 would add about 40 ms to each worker's start-up.
 """
 
-import importlib
+import functools
 
 from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
     require_shared,
 )
@@ -25,41 +26,50 @@ from fastdist.combiners.base import (
 # Imported now: each shares its name with its module, and a module imported later
 # would otherwise shadow the factory (``from fastdist.combiners import ensemble``).
 from fastdist.combiners.ensemble import ensemble
+from fastdist.combiners.exchange import Exchange, ExchangeView, Sync, WorkerExchange
 from fastdist.combiners.hogwild import hogwild
-
-_FACTORIES = {
-    "aligned_avg": "fastdist.combiners.alignment",
-    "fisher_avg": "fastdist.combiners.fisher",
-    "grad_avg": "fastdist.combiners.averaging",
-    "local_sgd": "fastdist.combiners.averaging",
-    "soup_greedy": "fastdist.combiners.soups",
-    "soup_uniform": "fastdist.combiners.soups",
-    "weight_avg": "fastdist.combiners.averaging",
-}
 
 __all__ = [
     "REGISTRY",
     "CombinedModel",
     "Combiner",
+    "Exchange",
+    "ExchangeView",
     "FinalizeInputs",
     "Sync",
-    "SyncSchedule",
+    "WorkerExchange",
     "check_init",
     "require_shared",
-    # the built-in factories, for use from Python
     "ensemble",
     "hogwild",
-    *sorted(_FACTORIES),
+    # and a factory per shipped config, by its name (__dir__ lists them)
 ]
+
+
+def _factory(name: str):
+    """The factory of the shipped config ``name``, with its preset options."""
+    from fastdist.conf import preset, resolve
+
+    factory = resolve(_registry()[name], f"combiner {name}")
+    options = preset("combiner", name)
+    if getattr(factory, "__name__", None) == name and not options:
+        return factory
+    made = functools.partial(factory, **options)
+    made.__doc__ = f"conf/combiner/{name}.yaml: {factory.__name__}({options}) (see its doc)"
+    return made
+
+
+def _registry() -> dict[str, str]:
+    from fastdist.conf import registered
+
+    return registered("combiner")
 
 
 def __getattr__(name: str):
     if name == "REGISTRY":
-        from fastdist.conf import registered
-
-        value = registered("combiner")
-    elif name in _FACTORIES:
-        value = getattr(importlib.import_module(_FACTORIES[name]), name)
+        value = _registry()
+    elif name in _registry():
+        value = _factory(name)
     else:
         raise AttributeError(f"module 'fastdist.combiners' has no attribute {name!r}")
     globals()[name] = value
@@ -67,4 +77,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted({*__all__, *_registry()})

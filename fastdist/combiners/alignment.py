@@ -24,10 +24,9 @@ from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
 )
+from fastdist.combiners.exchange import no_exchange
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model, PermutationSpec
 
@@ -170,7 +169,7 @@ def aligned_avg(init: str = "independent", reference: int = 0) -> Combiner:
 
     return Combiner(
         "aligned_avg",
-        SyncSchedule(Sync.NONE),
+        no_exchange(),
         finalize,
         init=init,
         check_model=require_permutation_spec,

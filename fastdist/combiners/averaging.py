@@ -9,11 +9,10 @@ from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
     require_shared,
 )
+from fastdist.combiners.exchange import gradient_mean, no_exchange, periodic_average
 from fastdist.errors import ConfigError
 
 __all__ = ["grad_avg", "weight_avg", "local_sgd", "mean_of_rows", "weighted_mean_of_rows"]
@@ -45,13 +44,13 @@ def grad_avg(init: str = "shared") -> Combiner:
     """Every step, average the workers' gradients in shared memory; every worker then
     sees the same update. Equals single-process SGD with an N-times larger batch."""
     return Combiner(
-        "grad_avg", SyncSchedule(Sync.GRADIENTS), _shared_row, init=require_shared(init, "grad_avg")
+        "grad_avg", gradient_mean(), _shared_row, init=require_shared(init, "grad_avg")
     )
 
 
 def weight_avg(init: str = "shared") -> Combiner:
     """Train independently on each shard, average the parameter vectors at the end."""
-    return Combiner("weight_avg", SyncSchedule(Sync.NONE), _average, init=check_init(init))
+    return Combiner("weight_avg", no_exchange(), _average, init=check_init(init))
 
 
 def local_sgd(
@@ -79,7 +78,7 @@ def local_sgd(
             )
         average_state = bool(average_momentum)
     if period is None:
-        schedule = SyncSchedule(Sync.NONE)
+        exchange = no_exchange()
     else:
-        schedule = SyncSchedule(Sync.PARAMETERS, period, average_state=bool(average_state))
-    return Combiner("local_sgd", schedule, _average, init=check_init(init))
+        exchange = periodic_average(period, average_state=bool(average_state))
+    return Combiner("local_sgd", exchange, _average, init=check_init(init))

@@ -1,77 +1,32 @@
-"""The shape every combiner has: a sync schedule for training, a finalize for the end.
+"""The shape every combiner has: an exchange for training, a finalize for the end.
 
 Like an optax ``GradientTransformation``, a combiner is a small frozen record built by a
 factory function (the ``_target_`` of ``conf/combiner/<name>.yaml``). Its
-:class:`SyncSchedule` says what the workers exchange during training and after which
-steps; the worker loop and the MPI node coordinator both read that one pure function,
-so they can never wait at different barriers. ``finalize`` turns the workers' final
-parameters into the :class:`CombinedModel` that is evaluated.
+:class:`~fastdist.combiners.exchange.Exchange` says what the workers exchange during
+training, after which steps, and how (the worker loop, the MPI node coordinator,
+accounting and history all read that one object, so they can never disagree on where
+the workers meet). ``finalize`` turns the workers' final parameters into the
+:class:`CombinedModel` that is evaluated.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from fastdist.combiners.exchange import Exchange, Sync
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 
 __all__ = [
-    "Sync",
-    "SyncSchedule",
     "Combiner",
     "CombinedModel",
     "FinalizeInputs",
     "check_init",
     "require_shared",
 ]
-
-
-class Sync(enum.Enum):
-    """What workers exchange during training."""
-
-    GRADIENTS = "gradients"  # every step: average gradients, one shared parameter vector
-    PARAMETERS = "parameters"  # at scheduled steps: average parameter vectors
-    NONE = "none"  # independent training; combination happens only in finalize
-    ASYNC = "async"  # lock-free updates of one shared parameter vector (Hogwild)
-
-
-@dataclass(frozen=True)
-class SyncSchedule:
-    """What is exchanged during training, and when. Picklable: workers receive it."""
-
-    exchange: Sync = Sync.NONE
-    period: int | None = None  # Sync.PARAMETERS: average after every ``period`` steps
-    average_state: bool = False  # Sync.PARAMETERS: average the optimizer state too
-    # Local-update rounds with an outer optimizer (fastdist.combiners.federated.RoundPlan);
-    # None for plain parameter averaging.
-    rounds: Any = None
-
-    def sync_at(self, step: int) -> bool:
-        """Whether the workers meet after (0-based) step ``step``."""
-        if self.exchange is Sync.GRADIENTS:
-            return True
-        if self.exchange is Sync.PARAMETERS and self.period:
-            return (step + 1) % self.period == 0
-        return False
-
-    def syncs_between(self, start: int, stop: int) -> int:
-        """How many sync points the steps ``[start, stop)`` contain."""
-        return sum(1 for step in range(start, stop) if self.sync_at(step))
-
-    @property
-    def shares_parameters(self) -> bool:
-        """True when all workers read and write one parameter vector in the arena."""
-        return self.exchange in (Sync.GRADIENTS, Sync.ASYNC)
-
-    @property
-    def shares_state(self) -> bool:
-        """Under gradient averaging the optimizer state is sharded, hence shared too."""
-        return self.exchange is Sync.GRADIENTS
 
 
 @dataclass(frozen=True)
@@ -115,7 +70,7 @@ class FinalizeInputs:
 @dataclass(frozen=True)
 class Combiner:
     name: str
-    schedule: SyncSchedule
+    exchange: Exchange
     finalize: Callable[[FinalizeInputs], CombinedModel]
     init: str = "shared"  # "shared": every worker starts from the same parameters
     needs_validation: bool = False  # finalize uses a held-out split of the training set
@@ -126,15 +81,15 @@ class Combiner:
 
     @property
     def sync(self) -> Sync:
-        return self.schedule.exchange
+        return self.exchange.kind
 
     @property
     def shares_parameters(self) -> bool:
-        return self.schedule.shares_parameters
+        return self.exchange.shares_parameters
 
     @property
     def shares_state(self) -> bool:
-        return self.schedule.shares_state
+        return self.exchange.shares_state
 
 
 def check_init(init: str) -> str:

@@ -6,10 +6,9 @@ from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
 )
+from fastdist.combiners.exchange import no_exchange
 from fastdist.errors import ConfigError
 
 __all__ = ["ensemble"]
@@ -26,4 +25,4 @@ def ensemble(average: str = "probs", init: str = "shared") -> Combiner:
         members = tuple(row.copy() for row in inputs.worker_params)
         return CombinedModel(members, average=average)
 
-    return Combiner("ensemble", SyncSchedule(Sync.NONE), finalize, init=check_init(init))
+    return Combiner("ensemble", no_exchange(), finalize, init=check_init(init))

@@ -12,7 +12,7 @@ starts a round. Workers taking part in round r run their local steps; at its end
 
 and every worker restarts from the new ``theta``. Both the mean and the outer step are
 done in shared memory, worker k on slice k, between two barriers (the same O(P/N)
-pattern as parameter averaging), by ``fastdist.run.rounds``.
+pattern as parameter averaging), by the exchange :class:`fastdist.combiners.rounds.Rounds`.
 
 * ``outer``: ``average`` (FedAvg / local SGD), ``nesterov`` (DiLoCo), ``adam`` /
   ``yogi`` / ``adagrad`` (Reddi et al. 2021), or the name of ANY optimizer record in
@@ -35,60 +35,13 @@ pattern as parameter averaging), by ``fastdist.run.rounds``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
-import numpy as np
-
-from fastdist.combiners.base import (
-    CombinedModel,
-    Combiner,
-    FinalizeInputs,
-    Sync,
-    SyncSchedule,
-    require_shared,
-)
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, require_shared
+from fastdist.combiners.rounds import Rounds
 from fastdist.errors import ConfigError
 from fastdist.optim.base import Optimizer
 
-__all__ = ["RoundPlan", "federated", "build_outer"]
-
-_PARTICIPATION_STREAM = 0xFEDA
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """What a worker needs to run local-update rounds. Picklable."""
-
-    period: int
-    outer: Optimizer | None  # None: theta <- the mean (FedAvg)
-    prox_mu: float = 0.0
-    scaffold: bool = False
-    participation: float = 1.0
-    weighting: str = "uniform"  # or "samples": weights proportional to shard size
-    inner_state: str = "keep"
-
-    def n_participants(self, workers: int) -> int:
-        return max(1, min(workers, int(round(self.participation * workers))))
-
-    def participants(self, seed: int, round_index: int, workers: int) -> np.ndarray:
-        """The sorted ranks taking part in round ``round_index`` (pure in its args)."""
-        m = self.n_participants(workers)
-        if m == workers:
-            return np.arange(workers)
-        rng = np.random.default_rng([int(seed), int(round_index), _PARTICIPATION_STREAM])
-        return np.sort(rng.choice(workers, m, replace=False))
-
-    def rounds(self, total_steps: int) -> int:
-        return -(-total_steps // self.period)
-
-    def sync_at(self, step: int, total_steps: int) -> bool:
-        """A round ends after every ``period`` steps, and the run ends on one."""
-        return (step + 1) % self.period == 0 or step == total_steps - 1
-
-    def vectors_per_sync(self, n_state: int) -> int:
-        """Float vectors of size P a participant sends per round: its parameters (or
-        pseudo-gradient), its control-variate change, its optimizer state if averaged."""
-        return 1 + int(self.scaffold) + (n_state if self.inner_state == "average" else 0)
+__all__ = ["federated", "build_outer"]
 
 
 def _shared_outer_kwargs(factory, options: dict) -> dict:
@@ -110,16 +63,13 @@ def build_outer(name: str, **options) -> Optimizer | None:
         return server.server_adaptive(name, **_shared_outer_kwargs(server.server_adaptive, options))
     if name == "nesterov":
         return server.nesterov_sgd(**_shared_outer_kwargs(server.nesterov_sgd, options))
-    from fastdist.conf import registered
+    from fastdist.conf import registered, resolve
 
     targets = registered("optimizer")
     if name not in targets:
         known = ["average", "nesterov", "adam", "yogi", "adagrad", *targets]
         raise ConfigError(f"combiner.outer must be one of {known}, got {name!r}")
-    import importlib
-
-    module, _, attr = targets[name].rpartition(".")
-    factory = getattr(importlib.import_module(module), attr)
+    factory = resolve(targets[name])
     record = factory(**_shared_outer_kwargs(factory, options))
     if not isinstance(record, Optimizer):
         raise ConfigError(f"combiner.outer={name} does not build an optimizer")
@@ -173,14 +123,13 @@ def federated(
         "beta2": outer_beta2,
         "tau": outer_tau,
     }
-    plan = RoundPlan(
-        period,
-        build_outer(str(outer), **options),
-        float(prox_mu),
-        bool(scaffold),
-        float(participation),
-        weighting,
-        inner_state,
+    rounds = Rounds(
+        period=period,
+        outer=build_outer(str(outer), **options),
+        prox_mu=float(prox_mu),
+        scaffold=bool(scaffold),
+        participation=float(participation),
+        weighting=weighting,
+        inner_state=inner_state,
     )
-    schedule = SyncSchedule(Sync.PARAMETERS, period, rounds=plan)
-    return Combiner(str(name), schedule, _server_model, init=require_shared(init, str(name)))
+    return Combiner(str(name), rounds, _server_model, init=require_shared(init, str(name)))

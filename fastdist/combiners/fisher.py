@@ -27,10 +27,9 @@ from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
 )
+from fastdist.combiners.exchange import no_exchange
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 
@@ -145,7 +144,7 @@ def fisher_avg(
 
     return Combiner(
         "fisher_avg",
-        SyncSchedule(Sync.NONE),
+        no_exchange(),
         finalize,
         init=init,
         check_model=require_per_example_grads,

@@ -10,14 +10,8 @@ twice. Each worker keeps its own momentum buffer.
 
 from __future__ import annotations
 
-from fastdist.combiners.base import (
-    CombinedModel,
-    Combiner,
-    FinalizeInputs,
-    Sync,
-    SyncSchedule,
-    require_shared,
-)
+from fastdist.combiners.base import CombinedModel, Combiner, FinalizeInputs, require_shared
+from fastdist.combiners.exchange import lock_free
 
 __all__ = ["hogwild"]
 
@@ -29,7 +23,7 @@ def _shared_row(inputs: FinalizeInputs) -> CombinedModel:
 def hogwild(init: str = "shared") -> Combiner:
     return Combiner(
         "hogwild",
-        SyncSchedule(Sync.ASYNC),
+        lock_free(),
         _shared_row,
         init=require_shared(init, "hogwild"),
         deterministic=False,

@@ -12,11 +12,10 @@ from fastdist.combiners.base import (
     CombinedModel,
     Combiner,
     FinalizeInputs,
-    Sync,
-    SyncSchedule,
     check_init,
 )
 from fastdist.combiners.evaluate import evaluate
+from fastdist.combiners.exchange import no_exchange
 
 __all__ = ["soup_uniform", "soup_greedy", "greedy_soup_members"]
 
@@ -45,7 +44,7 @@ def soup_uniform(init: str = "shared") -> Combiner:
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
         return CombinedModel((mean_of_rows(inputs.worker_params),))
 
-    return Combiner("soup_uniform", SyncSchedule(Sync.NONE), finalize, init=check_init(init))
+    return Combiner("soup_uniform", no_exchange(), finalize, init=check_init(init))
 
 
 def soup_greedy(init: str = "shared") -> Combiner:
@@ -55,7 +54,7 @@ def soup_greedy(init: str = "shared") -> Combiner:
 
     return Combiner(
         "soup_greedy",
-        SyncSchedule(Sync.NONE),
+        no_exchange(),
         finalize,
         init=check_init(init),
         needs_validation=True,

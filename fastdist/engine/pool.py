@@ -16,8 +16,6 @@ pool's ``worker_timeout`` is killed and reported like a dead one (see
 The worker's side lives elsewhere: :mod:`~fastdist.engine.bootstrap` (its start-up and
 end), :mod:`~fastdist.engine.worker_context` (what it receives) and
 :mod:`~fastdist.engine.worker_errors` (how its failure reaches the coordinator).
-:class:`WorkerContext` and :class:`RemoteTraceback` are re-exported here, where users
-of the pool import them.
 """
 
 from __future__ import annotations
@@ -39,11 +37,10 @@ from fastdist.engine.shm import SharedArena
 from fastdist.engine.signals import deferred_signals
 from fastdist.engine.spawning import cpu_sets, standard_start_method
 from fastdist.engine.threads import environment, thread_env
-from fastdist.engine.worker_context import WorkerContext
-from fastdist.engine.worker_errors import RemoteTraceback, describe_exit, worker_failure
+from fastdist.engine.worker_errors import describe_exit, worker_failure
 from fastdist.errors import WorkerError
 
-__all__ = ["WorkerPool", "WorkerContext", "RemoteTraceback"]
+__all__ = ["WorkerPool"]
 
 _GRACE_SECONDS = 1.0
 

@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, Sync
+from fastdist.combiners.base import CombinedModel
 from fastdist.combiners.evaluate import evaluate
+from fastdist.combiners.exchange import Exchange, Sync, communication_bytes
 from fastdist.data.partitions import label_histograms
 
 __all__ = ["Snapshots", "eval_arrays", "sync_steps", "run_accounting"]
@@ -45,53 +46,37 @@ class Snapshots:
     m * every steps. Slots are a function of the step, so a respawned or resumed run
     writes the same slots."""
 
-    def __init__(self, arena, every: int | None, rounds, start_step: int = 0) -> None:
+    def __init__(self, arena, every: int | None, exchange: Exchange, spec) -> None:
         has = "eval_models" in arena
         self.models = arena["eval_models"] if has else None
         self.marks = arena["eval_marks"] if has else None
-        self.every, self.rounds = every, rounds
-        self.anchor = arena["anchor"] if rounds is not None else None
-        self.due = (start_step // every + 1) * every if every else 0
+        self.every, self.exchange, self.total = every, exchange, spec.total_steps
+        self.synced = exchange.synced_model(arena) if has else None
+        self.due = (spec.start_step // every + 1) * every if every else 0
 
-    def maybe_take(self, step: int, schedule, param_rows, start: float) -> None:
+    def maybe_take(self, step: int, start: float) -> None:
         done = step + 1
         if self.models is None or done < self.due:
             return
-        synced = self.rounds.sync_at(step) if self.rounds is not None else schedule.sync_at(step)
-        if not synced:
+        if not self.exchange.sync_at(step, self.total):
             return
         slot = done // self.every - 1
-        self.models[slot] = self.anchor if self.anchor is not None else param_rows[0]
+        self.models[slot] = self.synced
         self.marks[slot] = (done, int((time.monotonic() - start) * 1e9))
         self.due = (done // self.every + 1) * self.every
 
 
-def sync_steps(combiner: Combiner, start: int, total: int) -> np.ndarray:
+def sync_steps(exchange: Exchange, start: int, total: int) -> np.ndarray:
     """The (0-based) steps in ``[start, total)`` after which the workers sync."""
-    plan, schedule = combiner.schedule.rounds, combiner.schedule
-    steps = range(start, total)
-    if plan is not None:
-        return np.array([s for s in steps if plan.sync_at(s, total)], dtype=np.int64)
-    if schedule.exchange in (Sync.GRADIENTS, Sync.ASYNC):
-        return np.arange(start, total, dtype=np.int64)
-    return np.array([s for s in steps if schedule.sync_at(s)], dtype=np.int64)
+    steps = [s for s in range(start, total) if exchange.sync_at(s, total)]
+    return np.array(steps, dtype=np.int64)
 
 
-def _vectors_per_sync(combiner: Combiner, n_state: int) -> int:
-    schedule = combiner.schedule
-    if schedule.rounds is not None:
-        return schedule.rounds.vectors_per_sync(n_state)
-    if schedule.exchange is Sync.PARAMETERS:
-        return 1 + (n_state if schedule.average_state else 0)
-    return 1 if schedule.exchange in (Sync.GRADIENTS, Sync.ASYNC) else 0
-
-
-def _communication(combiner, n_state, size, workers, start, total):
+def _communication(exchange: Exchange, n_state, size, workers, start, total):
     """(metrics, steps of the syncs, mean bytes per worker after each of them)."""
-    syncs = sync_steps(combiner, start, total)
-    payload = _vectors_per_sync(combiner, n_state) * 4 * size
-    plan = combiner.schedule.rounds
-    taking_part = plan.n_participants(workers) if plan is not None else workers
+    syncs = sync_steps(exchange, start, total)
+    payload = communication_bytes(exchange, workers, size, n_state)
+    taking_part = exchange.participants(workers)
     per_worker = payload * taking_part / workers  # mean over workers, per sync
     cumulative = per_worker * np.arange(1, len(syncs) + 1)
     metrics = {
@@ -159,9 +144,9 @@ def _time_to_accuracy(evaluations: list[dict], target: float | None) -> dict:
 
 def run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done) -> dict:
     """The partition, communication, timing and evaluation keys of metrics.json."""
-    workers = len(spec.shards)
+    workers = len(data.shards)  # every node's under dist=mpi
     comm, syncs, cumulative = _communication(
-        combiner,
+        combiner.exchange,
         len(optimizer.state_names),
         model.layout.size,
         workers,

@@ -18,7 +18,6 @@ from fastdist.optim.base import Optimizer
 from fastdist.run.accounting import eval_arrays
 from fastdist.run.placement import Placement, RunPlan
 from fastdist.run.preparation import init_seed, shared_data_bytes, validation_rows
-from fastdist.run.rounds import ROUND_STATE, round_arrays
 
 __all__ = [
     "arena_arrays",
@@ -39,10 +38,15 @@ def arena_arrays(
     plan: RunPlan,
 ) -> dict:
     """Name -> (shape, dtype) of everything the workers share but the data (which live
-    in the run's RowStore, see run/preparation.py)."""
-    workers, size = place.workers, model.layout.size
-    param_rows = 1 if combiner.shares_parameters else workers
-    state_rows = 1 if combiner.shares_state else workers
+    in the run's RowStore, see run/preparation.py).
+
+    Per-worker rows (parameters, optimizer state, gradients, the exchange's own) have
+    one row per global worker: under dist=mpi each node holds every worker's row, its
+    own workers write theirs and its node coordinator gathers the rest at a sync."""
+    exchange, size = combiner.exchange, model.layout.size
+    workers = place.total_workers
+    param_rows = 1 if exchange.shares_parameters else workers
+    state_rows = 1 if exchange.shares_state else workers
     n_state = len(optimizer.state_names)
     arrays = {
         "params": ((param_rows, size), np.float32),
@@ -50,29 +54,26 @@ def arena_arrays(
         # across workers is the same reduction as averaging the parameters.
         "opt_state": ((n_state, state_rows, size), np.float32),
         "grads": ((workers, size), np.float32),
-        "progress": ((workers, 8), np.int64),  # steps done per worker (one cache line)
+        "progress": ((place.workers, 8), np.int64),  # steps done per worker (a cache line)
     }
     if optimizer.clip_norm is not None:
         # Each worker's partial sum of squares of the averaged gradient (one cache line).
-        arrays["grad_norm_parts"] = ((workers, 8), np.float64)
-    if place.mpi:
-        averaged = 1 + (n_state if combiner.schedule.average_state else 0)
-        arrays["node_barrier"] = (barrier_shape(workers + 1), np.int64)
-        arrays["node_means"] = ((averaged, size), np.float32)
+        arrays["grad_norm_parts"] = ((place.workers, 8), np.float64)
+    if place.mpi:  # the node's workers and its coordinator meet here at every sync
+        arrays["node_barrier"] = (barrier_shape(place.workers + 1), np.int64)
     if plan.eval_every:  # run/history.py: the rows as they stood at an evaluation step
         arrays["snapshots"] = arrays["params"]
-    arrays.update(round_arrays(combiner, workers, size))
+    arrays.update(exchange.arrays(workers, size, n_state))
     arrays.update(eval_arrays(plan.sync_eval_every, plan.total_steps, size, combiner.sync))
     return arrays
 
 
 def fill_arena(arena, model, combiner, seed: int, place: Placement) -> None:
-    """Each parameter row's initialisation (the training rows are in the data's store)."""
+    """Each parameter row's initialisation (the training rows are in the data's store),
+    then the exchange's own arrays."""
     for row in range(arena["params"].shape[0]):
-        worker = place.first_worker + row
-        model.init(init_seed(seed, worker, combiner.init), out=arena["params"][row])
-    if "anchor" in arena:  # local-update rounds: the server model starts where all do
-        arena["anchor"][:] = arena["params"][0]
+        model.init(init_seed(seed, row, combiner.init), out=arena["params"][row])
+    combiner.exchange.init_arena(arena)
 
 
 def data_memory_plan(cfg, fraction: float) -> tuple[int, int] | None:
@@ -112,7 +113,7 @@ def check_data_memory(cfg, fraction: float) -> None:
         check_memory_plan(*plan, what=f"dataset={cfg.dataset.name}")
 
 
-def resume_into(cfg, arena, state: dict | None, total_steps: int) -> int:
+def resume_into(cfg, arena, combiner, state: dict | None, total_steps: int) -> int:
     """Put the checkpoint read at start-up into the arena; the step to start from (0
     without one)."""
     if state is None:
@@ -122,7 +123,7 @@ def resume_into(cfg, arena, state: dict | None, total_steps: int) -> int:
         arena["opt_state"].shape,
     ):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint's shapes do not match this model")
-    for name in (name for name in ROUND_STATE if name in arena):
+    for name in (name for name in combiner.exchange.checkpointed if name in arena):
         kept = state["extra"].get(name)
         if kept is None or kept.shape != arena[name].shape:
             raise ConfigError(f"resume={cfg.resume}: the checkpoint lacks this combiner's {name}")

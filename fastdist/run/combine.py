@@ -93,12 +93,14 @@ class Trained:
 
 
 def gather_training(
-    done: dict, spawned: float, params: np.ndarray, comm, shared: bool
+    done: dict, spawned: float, params: np.ndarray, comm, shared: bool, place=None
 ) -> Trained | None:
     """The workers' final reports and parameter rows; under dist=mpi gathered on rank 0
-    (other ranks get None)."""
+    (other ranks get None): each node's own workers' rows, in rank order."""
     finished = [d for d in done.values() if "failed" not in d]
     worker_params = params.copy()
+    if comm and not shared:  # every node holds every row; its own workers' are current
+        worker_params = params[place.first_worker : place.first_worker + place.workers].copy()
     samples_seen = np.array([done[r]["samples"] for r in range(len(done))], dtype=np.int64)
     train_seconds = max(d["end"] for d in finished) - min(d["start"] for d in finished)
     first_step = max(d["first_step_done"] or d["end"] for d in finished)

@@ -1,57 +1,19 @@
-"""The typed run configuration: one schema, one source of defaults.
+"""Composing a run's config exactly as the CLI does: :func:`compose`.
 
-Top-level keys and their defaults live in :class:`FastdistConfig` (``conf/config.yaml``
-only chooses the groups). Each dataset has its own dataclass
-(:data:`fastdist.data.datasets.DATASETS`); each record (combiner, model, optimizer, schedule) gets
-a schema generated from its factory's keyword arguments, so a factory's signature is
-the one place its options and defaults are written. Every group YAML extends its schema
-(``/schema/<group>/<name>@_here_`` in its defaults list): a misspelt key or a wrong type
-is an error when the config is composed, reported by the CLI as one line.
-
-This module is the config's public face: :func:`compose`, and the names of
-:mod:`.config_schema` (the top-level settings), :mod:`.record_schemas` (the schemas
-served to Hydra) and :mod:`.config_checks` (value checks), re-exported.
+The typed configuration itself lives beside it: the top-level settings and their
+defaults in :mod:`.config_schema` (:class:`~fastdist.run.config_schema.FastdistConfig`;
+``conf/config.yaml`` only chooses the groups), the schemas served to Hydra in
+:mod:`.record_schemas` (each record's generated from its factory's keyword arguments,
+so a factory's signature is the one place its options and defaults are written; every
+group YAML extends its schema, so a misspelt key or a wrong type is an error when the
+config is composed), and the value checks in :mod:`.config_checks`.
 """
 
 from __future__ import annotations
 
-from fastdist.run.config_checks import (
-    check_override_types,
-    checkpointing,
-    default_max_workers,
-    validate,
-)
-from fastdist.run.config_schema import (
-    Backend,
-    BackendConfig,
-    CheckpointConfig,
-    Dist,
-    FailurePolicy,
-    FastdistConfig,
-    LrScaling,
-    PoolConfig,
-    enum_value,
-)
-from fastdist.run.record_schemas import record_schema, schema_class, schema_options
+from fastdist.run.config_checks import check_override_types
 
-__all__ = [
-    "checkpointing",
-    "default_max_workers",
-    "enum_value",
-    "validate",
-    "Backend",
-    "BackendConfig",
-    "CheckpointConfig",
-    "Dist",
-    "FailurePolicy",
-    "FastdistConfig",
-    "PoolConfig",
-    "LrScaling",
-    "compose",
-    "record_schema",
-    "schema_class",
-    "schema_options",
-]
+__all__ = ["compose"]
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()):

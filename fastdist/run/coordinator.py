@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel, Combiner, Sync
+from fastdist.combiners.base import CombinedModel, Combiner
 from fastdist.combiners.evaluate import predict_proba, preload_host_kernel
 from fastdist.engine.barrier import check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
@@ -99,7 +99,7 @@ def train(cfg) -> RunResult:
         model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
         with SharedArena.create(arrays) as arena:
             fill_arena(arena, model, combiner, int(cfg.seed), place)
-            start_step = resume_into(cfg, arena, saving.resumed, plan.total_steps)
+            start_step = resume_into(cfg, arena, combiner, saving.resumed, plan.total_steps)
             spec = _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan)
             spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
             _announce(combiner, data.dataset.name, place, spec)
@@ -118,7 +118,8 @@ def train(cfg) -> RunResult:
             )
             done, failures = _supervised(cfg, arena, spec, progress, comm, saving, model)
             params = arena["params"]
-            trained = gather_training(done, spawned, params, comm, combiner.shares_parameters)
+            shared = combiner.shares_parameters
+            trained = gather_training(done, spawned, params, comm, shared, place)
             if trained is None:  # dist=mpi, rank > 0: rank 0 reports for the whole job
                 return RunResult({}, params.copy(), model, np.zeros(0), fraction)
             # 4-5. Combine and evaluate, inside the arena's and the rows' lifetime:
@@ -192,8 +193,9 @@ def _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, p
         data=data.rows_spec(plan.rows),  # opened per job: a warm pool's workers too
         model=model,
         backend=backend,
-        schedule=combiner.schedule,
+        exchange=combiner.exchange,
         shards=plan.shards,
+        shard_sizes=tuple(hi - lo for lo, hi in data.shards),
         batch_size=plan.batch,
         total_steps=plan.total_steps,
         optimizer=optimizer,
@@ -251,7 +253,7 @@ def _mpi_world(cfg, combiner: Combiner):
     """MPI.COMM_WORLD under dist=mpi (None for a single machine), with what it cannot do."""
     if enum_value(cfg.dist) == "local":
         return None
-    if combiner.sync is Sync.ASYNC:
+    if not combiner.exchange.meets:  # Hogwild: the exchange is one machine's memory
         raise ConfigError(
             f"{combiner.name} shares one vector in one machine's memory; use dist=local"
         )

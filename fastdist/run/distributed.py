@@ -1,11 +1,14 @@
 """dist=mpi: one node coordinator per MPI rank, each with its own shared-memory pool.
 
-Synchronisation is hierarchical. Inside a node the workers average their slices in
-shared memory as usual; the node mean then goes through ONE ``MPI.Allreduce`` in place
-on the arena buffer (no copy, no pickle), done by the node coordinator, and every
-worker reads the global mean from shared memory. Data are sharded over ranks x workers
-global workers, each visiting its shard in the order a single machine with the same
-total number of workers would use, so ``grad_avg`` gives the same model either way.
+Every node's arena holds a row for every global worker in each per-worker array; a
+node's workers write their own rows. At each of the combiner's sync points the node
+coordinator gathers the rows the combiner publishes (``Exchange.published``) from every
+node, in place on the arena's arrays (``MPI.Allgather``: no copy, no pickle), and the
+workers then reduce the same rows in the same order as one machine would. Data are
+sharded over ranks x workers global workers, each visiting its shard in the order a
+single machine with the same total number of workers would use, so every syncing
+combiner gives the same model either way, bit for bit (gathering rows moves more bytes
+than reducing node means would: that is the price of bitwise equality).
 
 Rank 0 evaluates and writes ``metrics.json``. A failing rank aborts the MPI job, so
 the others never wait forever in a collective.
@@ -39,20 +42,26 @@ class NodeCoordinator:
 
     The pool is supervised from a thread (messages, deaths); the main thread meets the
     workers at the node barrier and runs the MPI collectives. Whichever fails first
-    aborts both barriers, so nothing is left waiting. The number of syncs comes from
-    the combiner's own schedule (``SyncSchedule.syncs_between``), the same pure
-    function the workers follow step by step.
+    aborts both barriers, so nothing is left waiting. The sync points are the
+    combiner's own (``Exchange.sync_at``), the same pure function the workers follow
+    step by step.
     """
 
-    def __init__(self, comm, arena, n_workers: int) -> None:
-        self.comm = comm
+    def __init__(self, comm, arena, n_workers: int, exchange) -> None:
+        self.comm, self.exchange = comm, exchange
         self.barrier = SpinBarrier(arena["node_barrier"], n_workers, spin_seconds=0.0)
-        self.means = arena["node_means"]  # one row per averaged vector
-        self._scale = np.float32(1.0 / comm.Get_size())
+        self.published = exchange.published(arena)
+        if not all(rows.flags.c_contiguous for rows in self.published):
+            raise ValueError("a combiner's published arrays must be contiguous arena rows")
 
-    def run(self, pool, on_message, n_syncs: int) -> dict:
+    def _gather(self) -> None:
         from mpi4py import MPI
 
+        for rows in self.published:  # each node's block of rows, in place, rank order
+            self.comm.Allgather(MPI.IN_PLACE, rows)
+
+    def run(self, pool, on_message, start_step: int, total_steps: int) -> dict:
+        n_syncs = self.exchange.syncs_between(start_step, total_steps, total_steps)
         outcome: dict = {}
 
         def supervise() -> None:
@@ -66,11 +75,9 @@ class NodeCoordinator:
         monitor.start()
         try:
             for _ in range(n_syncs):
-                self.barrier.wait()  # the workers' node means are complete
-                for buf in self.means:
-                    self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-                    buf *= self._scale
-                self.barrier.wait()  # the global means are in shared memory
+                self.barrier.wait()  # the node's workers wrote their rows
+                self._gather()
+                self.barrier.wait()  # every node's rows are in shared memory
         except threading.BrokenBarrierError:
             monitor.join()
             raise outcome["error"] from None

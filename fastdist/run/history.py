@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.combiners.base import Combiner, FinalizeInputs, Sync, SyncSchedule
+from fastdist.combiners.base import Combiner, FinalizeInputs
 from fastdist.combiners.evaluate import evaluate
+from fastdist.combiners.exchange import Exchange, communication_bytes
 from fastdist.optim.base import Optimizer
 
 __all__ = [
@@ -87,15 +88,12 @@ def learning_rate(optimizer: Optimizer, step: int, rates=None) -> float:
     return float(getattr(optimizer, "lr", math.nan))
 
 
-def bytes_per_sync(schedule: SyncSchedule, workers: int, n_params: int, n_state: int) -> int:
-    """Bytes of worker vectors averaged at one sync point: every worker's gradient, or
-    every worker's parameters (plus optimizer state when it is averaged too)."""
-    if schedule.exchange is Sync.GRADIENTS:
-        return workers * n_params * 4
-    if schedule.exchange is Sync.PARAMETERS:
-        vectors = 1 + (n_state if schedule.average_state else 0)
-        return workers * n_params * 4 * vectors
-    return 0
+def bytes_per_sync(exchange: Exchange, workers: int, n_params: int, n_state: int) -> int:
+    """Bytes the workers taking part in one sync would send together (the combiner's
+    own count, :func:`fastdist.combiners.exchange.communication_bytes`, the same as
+    metrics.json's ``comm_*`` keys)."""
+    per_worker = communication_bytes(exchange, workers, n_params, n_state)
+    return per_worker * exchange.participants(workers)
 
 
 class StepReporter:
@@ -105,10 +103,11 @@ class StepReporter:
     def __init__(self, ctx, spec, arena, params: np.ndarray) -> None:
         self.ctx, self.total = ctx, spec.total_steps
         self.every, self.eval_every = spec.history_every, spec.eval_every
-        owns_row = ctx.rank == 0 or not spec.schedule.shares_parameters
+        shared = spec.exchange.shares_parameters
+        owns_row = ctx.rank == 0 or not shared
         self.params = params if (self.eval_every and owns_row) else None
         if self.params is not None:
-            self.snapshot = arena["snapshots"][0 if spec.schedule.shares_parameters else ctx.rank]
+            self.snapshot = arena["snapshots"][0 if shared else ctx.rank]
             self.flags = arena["progress"][ctx.rank]
         self.loss_sum, self.seen = 0.0, 0
 
@@ -166,14 +165,16 @@ class History:
         batch: int,
         steps_per_epoch: int,
         lr: Callable[[int], float],
-        schedule: SyncSchedule,
+        exchange: Exchange,
+        total_steps: int,
         sync_bytes: int,
         score: Callable | None = None,
         arena=None,
         sinks: tuple = (),
     ) -> None:
         self.workers, self.batch, self.steps_per_epoch = workers, batch, steps_per_epoch
-        self.lr, self.schedule, self.sync_bytes = lr, schedule, sync_bytes
+        self.lr, self.exchange, self.sync_bytes = lr, exchange, sync_bytes
+        self.total_steps = total_steps
         self.score, self.arena, self.sinks = score, arena, list(sinks)
         self.listeners: list[Callable[[dict], None]] = []
         self.rows: list[dict] = []
@@ -199,14 +200,14 @@ class History:
         """The workers start training (now, or at ``start``) from ``start_step``."""
         self.start = time.monotonic() if start is None else start
         self._last = (start_step, self.start)
-        self._syncs = (start_step, self.schedule.syncs_between(0, start_step))
+        self._syncs = (start_step, self._syncs_between(0, start_step))
 
     def on_step(self, rank: int, payload: dict) -> None:
         step = payload["step"]
         if payload.get("snapshot"):
             flags = self.arena["progress"][rank]
             rows = self._snapshots.setdefault(step, {})
-            row = 0 if self.schedule.shares_parameters else rank
+            row = 0 if self.exchange.shares_parameters else rank
             rows[row] = self.arena["snapshots"][row].copy()
             flags[_TAKEN] = flags[_WRITTEN]  # the worker may write its next snapshot
         reports = self._pending.setdefault(step, {})
@@ -224,7 +225,7 @@ class History:
         seen = sum(r["seen"] for r in reports)
         last_step, last_time = self._last
         counted_to, syncs = self._syncs
-        syncs += self.schedule.syncs_between(counted_to, step)
+        syncs += self._syncs_between(counted_to, step)
         self._syncs, self._last = (step, syncs), (step, now)
         row = dict.fromkeys(COLUMNS, None)
         row.update(
@@ -243,6 +244,9 @@ class History:
         if rows and self.score is not None and any(r.get("evaluate") for r in reports):
             self._hold(row, np.stack([rows[k] for k in sorted(rows)]))
         self._publish(row)
+
+    def _syncs_between(self, start: int, stop: int) -> int:
+        return self.exchange.syncs_between(start, stop, self.total_steps)
 
     def _hold(self, row: dict, params: np.ndarray) -> None:
         """Keep a snapshot to score at the end; past _MAX_HELD_BYTES score it now."""

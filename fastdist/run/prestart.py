@@ -19,7 +19,6 @@ from fastdist.optim.schedules import Schedule
 from fastdist.run.config_checks import check_override_types, validate
 from fastdist.run.config_schema import enum_value
 from fastdist.run.records import build_combiner, build_optimizer, build_partition, build_schedule
-from fastdist.run.rounds import check_rounds
 from fastdist.run.supervision import check_failure_policy
 
 __all__ = ["CheckedJob", "check_job"]
@@ -44,5 +43,4 @@ def check_job(cfg, overrides: Sequence[str] = ()) -> CheckedJob:
     build_partition(cfg.get("partition"))
     dist = enum_value(cfg.dist)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, dist)
-    check_rounds(combiner, optimizer, dist)
     return CheckedJob(combiner, optimizer, schedule)

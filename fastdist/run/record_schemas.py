@@ -5,14 +5,13 @@ factory's signature is the one place its options and defaults are written.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import types
 import typing
 from dataclasses import field, make_dataclass
 from typing import Any
 
-from fastdist.conf import RECORD_GROUPS, registered
+from fastdist.conf import RECORD_GROUPS, registered, resolve
 from fastdist.data.datasets import DATASETS
 from fastdist.run.config_schema import FastdistConfig
 from fastdist.run.loggers import LoggerConfig
@@ -44,8 +43,8 @@ def record_schema(target: str) -> type:
     Arguments without a default are what fastdist itself passes (a model's
     ``input_shape`` and ``n_classes``), not settings.
     """
-    module, _, attr = target.rpartition(".")
-    factory = getattr(importlib.import_module(module), attr)
+    factory = resolve(target)
+    attr = factory.__name__
     hints = typing.get_type_hints(factory)
     fields: list = [("_target_", str, field(default=target))]
     for param in inspect.signature(factory).parameters.values():

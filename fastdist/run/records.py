@@ -11,10 +11,8 @@ the overrides themselves are checked first (:mod:`fastdist.run.saved_overrides`)
 
 from __future__ import annotations
 
-import importlib
-
 from fastdist.combiners.base import Combiner
-from fastdist.conf import registered
+from fastdist.conf import registered, resolve
 from fastdist.data.partitions import Partition
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
@@ -44,11 +42,7 @@ def _factory(target: str, group: str, trusted: bool):
             f"{group}._target_={target} is not one of fastdist's own {group}s; a run "
             "directory may only name those"
         )
-    module, _, attr = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"{group}._target_={target} cannot be imported ({exc})") from None
+    return resolve(target, f"{group}._target_")
 
 
 def _build(node, group: str, trusted: bool, **context):

@@ -15,12 +15,12 @@ import dataclasses
 import logging
 import os
 
-from fastdist.combiners.base import Combiner, Sync
+from fastdist.combiners.base import Combiner
+from fastdist.combiners.exchange import Sync
 from fastdist.errors import ConfigError, WorkerError
 from fastdist.run.checkpoint import read_checkpoint
 from fastdist.run.distributed import NodeCoordinator
 from fastdist.run.pool_cache import job_pool
-from fastdist.run.rounds import ROUND_STATE
 from fastdist.run.worker import WorkerSpec, train_worker
 
 __all__ = ["check_failure_policy", "supervise"]
@@ -59,7 +59,7 @@ def supervise(
     moves when workers are respawned from a checkpoint) and the failure events.
     """
     workers = len(spec.shards)
-    kept = [name for name in ROUND_STATE if name in arena]  # a combiner's own state
+    kept = [name for name in spec.exchange.checkpointed if name in arena]  # a combiner's own
     initial = (
         arena["params"].copy(),
         arena["opt_state"].copy(),
@@ -74,8 +74,8 @@ def supervise(
                 workers, train_worker, (spec,), pool_options, reuse=reuse_now, backend=spec.backend
             ) as pool:
                 if comm:
-                    syncs = spec.schedule.syncs_between(spec.start_step, spec.total_steps)
-                    done = NodeCoordinator(comm, arena, workers).run(pool, progress, syncs)
+                    node = NodeCoordinator(comm, arena, workers, spec.exchange)
+                    done = node.run(pool, progress, spec.start_step, spec.total_steps)
                 else:
                     done = pool.join(progress, tolerate_failures=policy == "continue")
             break

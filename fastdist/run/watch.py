@@ -56,9 +56,10 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
             batch=spec.batch_size,
             steps_per_epoch=steps_per_epoch,
             lr=lambda step: learning_rate(optimizer, step, spec.rates),
-            schedule=combiner.schedule,
+            exchange=combiner.exchange,
+            total_steps=spec.total_steps,
             sync_bytes=bytes_per_sync(
-                combiner.schedule,
+                combiner.exchange,
                 place.total_workers,
                 model.layout.size,
                 len(optimizer.state_names),

@@ -2,9 +2,14 @@
 
 Everything a worker touches is shared: the training set (read-only, in the run's
 RowStore: shared memory, or a memory-mapped .npy file) and, in the arena, the parameter
-and optimizer-state rows and its own gradient slot. The combiner's schedule
-(``SyncSchedule.sync_at``) decides where the workers meet at the barrier; see the
-comments at each sync point.
+and optimizer-state rows and its own gradient slot. A step is: the gradient on this
+worker's batch; the combiner's ``local_step``; and, where the combiner's
+``sync_at`` says so, its ``sync`` (:mod:`fastdist.combiners.exchange`).
+
+Per-worker rows are indexed by the *global* rank: under ``dist=mpi`` every node holds
+every worker's row, writes its own workers' rows, and its node coordinator gathers the
+others' at a sync, so the combiner reduces the same rows in the same order as on one
+machine.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastdist.combiners.base import Sync, SyncSchedule
-from fastdist.engine.allreduce import average_rows, mean_rows_into, slice_bounds
+from fastdist.combiners.exchange import Exchange, ExchangeView, Sync
+from fastdist.engine.allreduce import average_rows, slice_bounds
 from fastdist.engine.faults import fault_plan
 from fastdist.engine.rows import RowsSpec, open_rows
 from fastdist.engine.shm import ArenaSpec, SharedArena
@@ -29,7 +34,6 @@ from fastdist.optim.schedules import LearningRate
 from fastdist.run.accounting import Snapshots
 from fastdist.run.history import StepReporter
 from fastdist.run.node_sync import NodeSync
-from fastdist.run.rounds import ROUND_STATE, LocalRounds
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
 
@@ -42,7 +46,7 @@ class WorkerSpec:
     data: RowsSpec  # training features/labels and the order of the rows (read-only)
     model: Model
     backend: str
-    schedule: SyncSchedule
+    exchange: Exchange
     shards: tuple[tuple[int, int], ...]
     batch_size: int
     total_steps: int
@@ -58,6 +62,8 @@ class WorkerSpec:
     # and every sync goes through the node coordinator (hierarchical allreduce).
     hierarchical: bool = False
     rank_offset: int = 0
+    # Every global worker's shard size (weights of a federated mean; dist=mpi: all nodes').
+    shard_sizes: tuple[int, ...] = ()
     # run/history.py: a step report every history_every steps, and a parameter
     # snapshot every eval_every steps (0 = never).
     history_every: int = 0
@@ -88,8 +94,8 @@ def train_worker(ctx, spec: WorkerSpec) -> None:
 
 
 def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) -> None:
-    rank, n_workers = ctx.rank, ctx.n_workers
-    model, schedule, opt = spec.model, spec.schedule, spec.optimizer
+    rank = ctx.rank
+    model, exchange, opt = spec.model, spec.exchange, spec.optimizer
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
     # The shard is a slice of the row order: rows stored once, shuffled by index.
@@ -101,30 +107,29 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     # opt_state is (state vectors, rows, P): each state vector's rows are contiguous, so
     # averaging one across workers is the same reduction as averaging parameters.
     param_rows, state_rows, grads = arena["params"], arena["opt_state"], arena["grads"]
-    params = param_rows[0] if schedule.shares_parameters else param_rows[rank]
-    state = [rows[0] if schedule.shares_state else rows[rank] for rows in state_rows]
-    grad = grads[rank]
+    row = spec.rank_offset + rank  # this worker's row in every per-worker array
+    params = param_rows[0] if exchange.shares_parameters else param_rows[row]
+    state = [rows[0] if exchange.shares_state else rows[row] for rows in state_rows]
+    grad = grads[row]
     # The part of the vector this worker reduces and updates at every sync point.
-    my_lo, my_hi = slice_bounds(params.shape[0], n_workers, rank)
-    node = NodeSync(arena, rank) if spec.hierarchical else None
-    rounds = None
-    if schedule.rounds is not None:  # local-update rounds with an outer optimizer
-        rounds = LocalRounds(
-            arena, schedule.rounds, rank=rank, n_workers=n_workers, seed=spec.seed,
-            total_steps=spec.total_steps, shards=spec.shards,
-        )  # fmt: skip
-    snapshots = (
-        Snapshots(arena, spec.sync_eval_every, rounds, spec.start_step) if rank == 0 else None
-    )
-    round_state = {name: arena[name] for name in ROUND_STATE if name in arena}
+    my_lo, my_hi = slice_bounds(params.shape[0], ctx.n_workers, rank)
+    clip = None
+    if opt.clip_norm is not None:
+        clip = GlobalNormClip(opt.clip_norm, arena["grad_norm_parts"], rank, ctx.barrier)
+    meet = NodeSync(arena, rank).meet if spec.hierarchical else ctx.barrier.wait
+    view = ExchangeView(
+        arena, row, grads.shape[0], my_lo, my_hi, opt, params, state, grad, param_rows,
+        state_rows, grads, meet, ctx.barrier, clip, spec.seed, spec.total_steps,
+        spec.shard_sizes,
+    )  # fmt: skip
+    worker_exchange = exchange.worker(view)
+    snapshots = Snapshots(arena, spec.sync_eval_every, exchange, spec) if rank == 0 else None
+    round_state = {name: arena[name] for name in exchange.checkpointed if name in arena}
     sync_seconds, computed = 0.0, 0  # time between a sync's barriers; batches computed
     # Steps done, readable by the coordinator even if this process dies.
     progress = arena["progress"][rank]
     fault = fault_plan()  # None except in fault-injection tests
     reporter = StepReporter(ctx, spec, arena, params)
-    clip = None
-    if opt.clip_norm is not None:
-        clip = GlobalNormClip(opt.clip_norm, arena["grad_norm_parts"], rank, ctx.barrier)
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, model.n_inputs), dtype=np.float32)
@@ -154,7 +159,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
                 break
             if fault is not None:
                 fault.maybe_fire(rank, step)
-            trains = rounds is None or rounds.trains(step)  # partial participation idles
+            trains = worker_exchange.trains(step)  # partial participation idles
             loss, n_right = 0.0, 0
             if trains:
                 idx = shard_rows[order[b * batch : (b + 1) * batch]]
@@ -169,60 +174,18 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
                     f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
                 )
             lr = opt.lr if spec.rates is None else spec.rates(step)
+            # The combiner's part of the step: its own update (local SGD, rounds,
+            # Hogwild; nothing under gradient averaging), then, at a sync point, the
+            # exchange (what meets, what is reduced, see each combiner's comments).
+            if trains:
+                worker_exchange.local_step(step, lr)
             synced = time.perf_counter()
-            if rounds is not None:
-                if trains:
-                    rounds.correct(grad, params)  # FedProx / SCAFFOLD terms
-                    scale = 1.0 if clip is None else clip.scale_for_own(grad)
-                    opt.update(
-                        params, state, grad, 0, params.shape[0], step, lr=lr, grad_scale=scale
-                    )
-                synced = time.perf_counter()
-                if rounds.sync_at(step):
-                    rounds.sync(ctx.barrier, step, param_rows, state_rows)
-            elif schedule.exchange is Sync.GRADIENTS:
-                # Sync point 1: every gradient slot is written. Worker k then averages
-                # slice k of all slots and updates slice k of the shared parameters
-                # (reduce-scatter fused with a sharded optimizer step). Clipping first
-                # meets the others once more to add up the norm of the mean.
-                ctx.barrier.wait()
-                if node is None:
-                    scale = 1.0 if clip is None else clip.scale_for_mean(grads, my_lo, my_hi)
-                    opt.update_from_mean(
-                        params, state, grads, my_lo, my_hi, step, lr=lr, grad_scale=scale
-                    )
-                else:
-                    # Across nodes: node mean of the slice, then the coordinator's
-                    # MPI allreduce turns it into the global mean, then the update.
-                    mean_rows_into(grads, node.means[0], my_lo, my_hi)
-                    node.allreduce()
-                    mean = node.means[0]
-                    scale = 1.0 if clip is None else clip.scale_for_slices(mean, my_lo, my_hi)
-                    opt.update(params, state, mean, my_lo, my_hi, step, lr=lr, grad_scale=scale)
-                # Sync point 2: the whole parameter vector is updated before anyone
-                # starts the next forward pass.
-                ctx.barrier.wait()
-            else:
-                # Own parameters (local SGD, independent training), or, under Hogwild,
-                # the shared vector written without a lock while others read it.
-                scale = 1.0 if clip is None else clip.scale_for_own(grad)
-                opt.update(params, state, grad, 0, params.shape[0], step, lr=lr, grad_scale=scale)
-                synced = time.perf_counter()
-                if schedule.sync_at(step):
-                    ctx.barrier.wait()  # all rows hold their local step's result
-                    averaged = [param_rows]
-                    if schedule.average_state:
-                        averaged += list(state_rows)
-                    if node is None:
-                        for rows in averaged:
-                            average_rows(rows, my_lo, my_hi)
-                    else:
-                        node.average_rows(averaged, my_lo, my_hi)
-                    ctx.barrier.wait()  # every row holds the average
-            if schedule.exchange is not Sync.NONE:
+            if exchange.sync_at(step, spec.total_steps):
+                worker_exchange.sync(step, lr)
+            if exchange.kind is not Sync.NONE:
                 sync_seconds += time.perf_counter() - synced
             if snapshots is not None:
-                snapshots.maybe_take(step, schedule, param_rows, start)
+                snapshots.maybe_take(step, start)
             if first_step_done is None:
                 first_step_done = time.monotonic()
             loss_sum += loss * batch

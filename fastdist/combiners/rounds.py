@@ -1,6 +1,7 @@
-"""The worker's side of local-update rounds (``fastdist.combiners.federated``).
+"""Local-update rounds as an exchange (:mod:`fastdist.combiners.exchange`): the
+protocol behind the federated family (:mod:`fastdist.combiners.federated`).
 
-Arena arrays (created by the coordinator when the combiner has a ``RoundPlan``):
+Arena arrays (from :meth:`Rounds.arrays`; per-worker ones have a row per global worker):
 
 * ``anchor`` (P,): the server model theta, where every round starts;
 * ``pseudo_grad`` (P,): scratch for the round's mean / pseudo-gradient;
@@ -16,40 +17,87 @@ update of its own control variate (O(P), as each client computes its own).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
-from fastdist.combiners.base import Combiner
-from fastdist.engine.allreduce import mean_rows_into, slice_bounds
-from fastdist.errors import ConfigError
+from fastdist.combiners.exchange import Exchange, ExchangeView, Sync, WorkerExchange
+from fastdist.engine.allreduce import mean_rows_into
+from fastdist.optim.base import Optimizer
 
-__all__ = ["LocalRounds", "ROUND_STATE", "round_arrays", "check_rounds"]
+__all__ = ["Rounds"]
 
-# The arrays a checkpoint must hold besides the parameters and optimizer state.
-ROUND_STATE = ("anchor", "outer_state", "controls", "control_sums")
-
-
-def round_arrays(combiner: Combiner, workers: int, size: int) -> dict:
-    """Name -> (shape, dtype) of the arena arrays the combiner's rounds need."""
-    plan = combiner.schedule.rounds
-    if plan is None:
-        return {}
-    arrays = {"anchor": ((size,), np.float32), "pseudo_grad": ((size,), np.float32)}
-    if plan.outer is not None and plan.outer.state_names:
-        arrays["outer_state"] = ((len(plan.outer.state_names), size), np.float32)
-    if plan.scaffold:
-        arrays["controls"] = ((workers + 1, size), np.float32)
-        arrays["control_sums"] = ((workers, size), np.float32)
-    return arrays
+_PARTICIPATION_STREAM = 0xFEDA
 
 
-def check_rounds(combiner: Combiner, optimizer, dist: str) -> None:
-    """Refuse what rounds cannot do, before any worker starts."""
-    plan = combiner.schedule.rounds
-    if plan is None:
-        return
-    if dist != "local":
-        raise ConfigError(f"{combiner.name} runs on one machine for now: use dist=local")
+@dataclass(frozen=True)
+class Rounds(Exchange):
+    """Rounds of ``period`` local steps, then an outer step on the pseudo-gradient
+    (``outer``; None: theta <- the mean). Picklable."""
+
+    kind: Sync = Sync.PARAMETERS
+    period: int = 8
+    outer: Optimizer | None = None
+    prox_mu: float = 0.0
+    scaffold: bool = False
+    participation: float = 1.0
+    weighting: str = "uniform"  # or "samples": weights proportional to shard size
+    inner_state: str = "keep"
+    checkpointed: tuple[str, ...] = ("anchor", "outer_state", "controls", "control_sums")
+
+    def n_participants(self, workers: int) -> int:
+        return max(1, min(workers, int(round(self.participation * workers))))
+
+    def participants(self, workers: int) -> int:
+        return self.n_participants(workers)
+
+    def members(self, seed: int, round_index: int, workers: int) -> np.ndarray:
+        """The sorted ranks taking part in round ``round_index`` (pure in its args)."""
+        m = self.n_participants(workers)
+        if m == workers:
+            return np.arange(workers)
+        rng = np.random.default_rng([int(seed), int(round_index), _PARTICIPATION_STREAM])
+        return np.sort(rng.choice(workers, m, replace=False))
+
+    def rounds(self, total_steps: int) -> int:
+        return -(-total_steps // self.period)
+
+    def sync_at(self, step: int, total_steps: int) -> bool:
+        """A round ends after every ``period`` steps, and the run ends on one."""
+        return (step + 1) % self.period == 0 or step == total_steps - 1
+
+    def vectors_per_sync(self, n_state: int) -> int:
+        """A participant sends its parameters (or pseudo-gradient), its control-variate
+        change, its optimizer state if averaged."""
+        return 1 + int(self.scaffold) + (n_state if self.inner_state == "average" else 0)
+
+    def arrays(self, workers: int, size: int, n_state: int) -> dict:
+        arrays = {"anchor": ((size,), np.float32), "pseudo_grad": ((size,), np.float32)}
+        if self.outer is not None and self.outer.state_names:
+            arrays["outer_state"] = ((len(self.outer.state_names), size), np.float32)
+        if self.scaffold:
+            arrays["controls"] = ((workers + 1, size), np.float32)
+            arrays["control_sums"] = ((workers, size), np.float32)
+        return arrays
+
+    def init_arena(self, arena) -> None:
+        arena["anchor"][:] = arena["params"][0]  # the server model starts where all do
+
+    def published(self, arena) -> list[np.ndarray]:
+        rows = [arena["params"]]
+        if self.inner_state == "average":
+            rows += list(arena["opt_state"])
+        if self.scaffold:
+            workers = arena["control_sums"].shape[0]
+            rows += [arena["controls"][:workers], arena["control_sums"]]
+        return rows
+
+    def synced_model(self, arena) -> np.ndarray:
+        return arena["anchor"]
+
+    def worker(self, view: ExchangeView) -> WorkerExchange:
+        return _RoundsWorker(view, self)
 
 
 @njit(cache=True, nogil=True)
@@ -81,35 +129,35 @@ def _weighted_mean_into(rows, weights, out, lo, hi):
             o[i] += w * row[i]
 
 
-class LocalRounds:
+class _RoundsWorker(WorkerExchange):
     """One worker's view of the rounds: who trains, gradient corrections, the sync."""
 
-    def __init__(self, arena, plan, *, rank, n_workers, seed, total_steps, shards):
-        self.plan, self.rank, self.n = plan, rank, n_workers
-        self.seed, self.total = seed, total_steps
+    def __init__(self, view: ExchangeView, plan: Rounds) -> None:
+        super().__init__(view)
+        arena = view.arena
+        self.plan, self.rank, self.n = plan, view.rank, view.workers
         self.anchor, self.pseudo = arena["anchor"], arena["pseudo_grad"]
         self.outer_state = list(arena["outer_state"]) if "outer_state" in arena else []
         self.controls = arena["controls"] if plan.scaffold else None
         self.sums = arena["control_sums"] if plan.scaffold else None
-        self.lo, self.hi = slice_bounds(self.anchor.shape[0], n_workers, rank)
-        self.sizes = np.array([hi - lo for lo, hi in shards], dtype=np.float64)
+        self.sizes = np.array(view.shard_sizes, dtype=np.float64)
         self.mu = np.float32(plan.prox_mu)
-        self._cached: tuple[int, np.ndarray] = (-1, np.arange(n_workers))
+        self._cached: tuple[int, np.ndarray] = (-1, np.arange(self.n))
 
     def members(self, step: int) -> np.ndarray:
         r = step // self.plan.period
         if self._cached[0] != r:
-            self._cached = (r, self.plan.participants(self.seed, r, self.n))
+            self._cached = (r, self.plan.members(self.view.seed, r, self.n))
         return self._cached[1]
 
     def trains(self, step: int) -> bool:
         return self.rank in self.members(step)
 
-    def sync_at(self, step: int) -> bool:
-        return self.plan.sync_at(step, self.total)
+    def local_step(self, step: int, lr: float) -> None:
+        self._correct(self.view.grad, self.view.params)  # FedProx / SCAFFOLD terms
+        self.view.own_update(step, lr)
 
-    def correct(self, grad: np.ndarray, params: np.ndarray) -> None:
-        """FedProx / SCAFFOLD terms added to the local gradient before the step."""
+    def _correct(self, grad: np.ndarray, params: np.ndarray) -> None:
         if self.controls is not None:
             c, ci = self.controls[self.n], self.controls[self.rank]
             _correct(grad, params, self.anchor, self.mu, c, ci, self.sums[self.rank], True)
@@ -125,20 +173,21 @@ class LocalRounds:
         w[members] = 1.0 if uniform else self.sizes[members]
         return (w / w.sum()).astype(np.float32)
 
-    def sync(self, barrier, step: int, param_rows: np.ndarray, state_rows: np.ndarray) -> None:
+    def sync(self, step: int, lr: float) -> None:
         """End of the round containing ``step``: the outer step on slice k, then every
         row restarts from the new server model."""
-        plan, lo, hi = self.plan, self.lo, self.hi
+        plan, v = self.plan, self.view
+        lo, hi, param_rows, state_rows = v.lo, v.hi, v.param_rows, v.state_rows
         r = step // plan.period
         members = self.members(step)
-        barrier.wait()  # every participant's row holds its round's result
+        v.meet()  # every participant's row holds its round's result
         weights = self._weights(members)
         if weights is None:
             mean_rows_into(param_rows, self.pseudo, lo, hi)
         else:
             _weighted_mean_into(param_rows, weights, self.pseudo, lo, hi)
         if self.controls is not None:
-            self._server_control(step - r * plan.period + 1, members, barrier)
+            self._server_control(step - r * plan.period + 1, members)
         anchor = self.anchor
         if plan.outer is None:
             anchor[lo:hi] = self.pseudo[lo:hi]
@@ -156,9 +205,9 @@ class LocalRounds:
             k_steps = np.float32(step - r * plan.period + 1)
             np.divide(self.sums[self.rank], k_steps, out=self.controls[self.rank])
             self.sums[self.rank] = 0
-        barrier.wait()  # every row holds the new server model
+        v.barrier.wait()  # every row holds the new server model
 
-    def _server_control(self, k_steps: int, members, barrier) -> None:
+    def _server_control(self, k_steps: int, members) -> None:
         """c <- c + (1/N) sum_{i in S} (c_i+ - c_i) on slice k, where c_i+ = the mean of
         worker i's raw local gradients over the round (set after the next barrier).
 
@@ -166,10 +215,10 @@ class LocalRounds:
         inner optimizer: with plain SGD, c_i - c + (theta - theta_i)/(K*lr) is exactly
         that mean; with momentum or Adam, (theta - theta_i)/(K*lr) is not a gradient.
         """
-        lo, hi = self.lo, self.hi
+        lo, hi = self.view.lo, self.view.hi
         c, scale = self.controls[self.n, lo:hi], np.float32(1.0 / k_steps)
         delta = np.zeros(hi - lo, dtype=np.float32)
         for i in members:
             delta += self.sums[i, lo:hi] * scale - self.controls[i, lo:hi]
         c += delta * np.float32(1.0 / self.n)
-        barrier.wait()  # the server's c is computed from every old c_i
+        self.view.barrier.wait()  # the server's c is computed from every old c_i
