@@ -15,7 +15,7 @@ import pytest
 import fastdist
 from benchmarks.harness import W1, W2, AllreducePool, batch_for
 from fastdist.models.kernels.numba_mlp import NumbaKernel
-from fastdist.models.kernels.reference_mlp import ReferenceKernel
+from fastdist.models.kernels.reference_kernel import ReferenceKernel
 
 
 def _jax_kernel(layout, batch):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sweep_overhead import JOB, ROOT, time_sweep
+from benchmarks.child_env import ROOT
+from benchmarks.sweep_overhead import JOB, time_sweep
 
 _SEEDS = "seed=0,1,2,3,4"
 

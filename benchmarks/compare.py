@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.child_env import ROOT, child_env, run_python
 from benchmarks.warmup import rate_after
 
 __all__ = ["main"]
 
-ROOT = Path(__file__).resolve().parents[1]  # the source checkout (benchmarks/ lives here)
 # Workload -> (layer sizes, batch per worker): the experiment presets of the same name.
 WORKLOADS = {"w1": ((784, 1024, 1024, 10), 256), "w2": ((64, 256, 256, 10), 64)}
 W1_SIZES = WORKLOADS["w1"][0]
@@ -42,36 +42,13 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-_PIN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def _env(threads: int | None) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in _PIN_VARS:
-        env.pop(var, None)
-        if threads is not None:
-            env[var] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def _json_from(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{") : stdout.rindex("}") + 1])
 
 
 def _python(args: list[str], threads: int | None = None, timeout: float = 900) -> dict:
-    proc = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        env=_env(threads),
-        cwd=ROOT,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{' '.join(args[:3])} failed: {tail}")
-    return _json_from(proc.stdout)
+    """The JSON object ``python args`` prints; ``threads`` None: the child unpinned."""
+    return _json_from(run_python(args, threads, timeout))
 
 
 _GEMM = """
@@ -116,7 +93,13 @@ def _fastdist(
         if warmup:
             argv.append(f"history.every={warmup}")
         subprocess.run(
-            argv, check=True, capture_output=True, text=True, env=_env(None), cwd=ROOT, timeout=900
+            argv,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=child_env(None),
+            cwd=ROOT,
+            timeout=900,
         )
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
         rate = metrics["samples_per_second"]
@@ -331,7 +314,7 @@ def memory(gigabytes: float = 1.0) -> list[dict]:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env=_env(None),
+                env=child_env(None),
                 cwd=ROOT,
             )
             peak = training_peak = preparing_peak = 0

@@ -10,29 +10,18 @@ within 2x one np.add over the same array.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import time
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from benchmarks.child_env import pin_this_process
+
+pin_this_process()  # before NumPy loads its BLAS
 
 import numpy as np  # noqa: E402
 
 import fastdist  # noqa: E402
-from benchmarks.harness import W1, AllreducePool, batch_for  # noqa: E402
+from benchmarks.harness import W1, AllreducePool, batch_for, median_seconds, report  # noqa: E402
 from fastdist.models.kernels.numba_mlp import NumbaKernel  # noqa: E402
-from fastdist.models.kernels.reference_mlp import ReferenceKernel  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from fastdist.models.kernels.reference_kernel import ReferenceKernel  # noqa: E402
 
 
 def interleaved(a, b, rounds: int, repeats: int) -> tuple[float, float]:
@@ -40,8 +29,8 @@ def interleaved(a, b, rounds: int, repeats: int) -> tuple[float, float]:
     a(), b()
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(_median_seconds(a, repeats))
-        tb.append(_median_seconds(b, repeats))
+        ta.append(median_seconds(a, repeats))
+        tb.append(median_seconds(b, repeats))
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -102,11 +91,7 @@ def main() -> None:
         "allreduce_10M": allreduce_ratio(),
         "scaling_W1": scaling_ratio(),
     }
-    for name, row in results.items():
-        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""Reusable pieces for the benchmarks: W1/W2 shapes, a persistent allreduce pool."""
+"""Reusable pieces for the benchmarks: W1/W2 shapes, a persistent allreduce pool, and
+the timing and reporting of the ``*_ratios`` scripts."""
 
 from __future__ import annotations
+
+import json
+import statistics
+import time
 
 import numpy as np
 
@@ -9,6 +14,8 @@ from fastdist.engine.barrier import SpinBarrier, barrier_shape
 from fastdist.engine.pool import WorkerPool
 from fastdist.engine.shm import SharedArena
 from fastdist.models.mlp import MLP
+
+__all__ = ["W1", "W2", "AllreducePool", "batch_for", "median_seconds", "report"]
 
 W1 = {"sizes": (784, 1024, 1024, 10), "batch": 256}
 W2 = {"sizes": (64, 256, 256, 10), "batch": 64}
@@ -81,3 +88,22 @@ class AllreducePool:
             self.pool.__exit__(*exc)
             self.control = None
             self.arena.close()
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(results: dict[str, dict], json_path: str | None) -> None:
+    """One line per result (floats rounded), and the whole as JSON to ``json_path``."""
+    for name, row in results.items():
+        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=2)

@@ -34,9 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.child_env import ROOT, child_env
+
 _STEPS = {"w1": (20, 120), "w3": (20, 220)}  # short and long run
 _GLOBAL_BATCH = {"w1": 512, "w3": 128}
 
@@ -102,17 +102,9 @@ def kernel(workload: str) -> None:
     print(f"  {'all five':16s} XLA {total[0]:.2f} ms, NumPy/OpenBLAS {total[1]:.2f} ms")
 
 
-def _env_with_checkout() -> dict[str, str]:
-    """This process's environment with the source checkout first on PYTHONPATH (the
-    children import fastdist and the peers from it)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def _children_cpu(cmd: list[str]) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = _env_with_checkout()
+    env = child_env()  # the children import fastdist and the peers from the checkout
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env, timeout=1800)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -174,7 +166,7 @@ print(json.dumps(jax_single.run(steps=steps, warmup=3, workers=workers)))
 
 def _peers_at_once(args: list[tuple[int, int]], steps: int) -> list[float]:
     """samples/s of JAX peer processes started together, one per (cpu, workers)."""
-    env = _env_with_checkout()
+    env = child_env()  # the children import fastdist and the peers from the checkout
     start_at = str(time.time() + 15)  # after every process has compiled
     procs = [
         subprocess.Popen(

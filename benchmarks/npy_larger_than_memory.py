@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.child_env import ROOT, child_env
 from benchmarks.machine import describe, summary
 
-ROOT = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES, N_TEST = 784, 10, 2048
 _CHUNK_ROWS = 32768
 _MINCORE_PIECE = 1 << 30  # a multiple of the page size
@@ -219,7 +219,7 @@ def warm_the_cache(
 
 
 def train(steps: int, files: dict | None, cgroup: Path | None, seed: int = 0) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     with tempfile.TemporaryDirectory() as tmp:
         # W1's settings, spelled out: experiment=w1 also sets the synthetic dataset's
         # keys, which dataset=npy does not have. Its in-memory set (16384 rows) is the

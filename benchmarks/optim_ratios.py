@@ -16,18 +16,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from benchmarks.child_env import pin_this_process
+
+pin_this_process()  # before NumPy loads its BLAS
 
 import numpy as np  # noqa: E402
 
 import fastdist  # noqa: E402
-from benchmarks.core_ratios import _median_seconds  # noqa: E402
-from benchmarks.harness import W1  # noqa: E402
+from benchmarks.harness import W1, median_seconds, report  # noqa: E402
 from fastdist.models.mlp import MLP  # noqa: E402
 from fastdist.optim import adamw, lion, sgd  # noqa: E402
 
@@ -41,7 +39,7 @@ def _interleaved(fns: dict, rounds: int, repeats: int) -> dict:
     times: dict = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(_median_seconds(fn, repeats))
+            times[name].append(median_seconds(fn, repeats))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -107,11 +105,7 @@ def main() -> None:
         "update_W1": update_ratio(),
         "train_W1_2_workers": training_ratio(args.train_rounds),
     }
-    for name, row in results.items():
-        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -28,17 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.child_env import ROOT, child_env
+
 __all__ = ["main", "time_sweep", "time_single"]
 
-ROOT = Path(__file__).resolve().parents[1]
 JOB = ["dataset=digits", "workers=2", "epochs=5"]
 
 
 def _command(checkout: Path) -> tuple[list[str], dict]:
     """``python -m fastdist`` importing fastdist from ``checkout`` (the same command for
     every checkout: an older one may lack the console script's entry module)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    env = child_env(checkout=checkout)
     env.pop("FASTDIST_DEBUG", None)
     return [sys.executable, "-m", "fastdist"], env
 

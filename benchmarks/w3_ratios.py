@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.child_env import run_python
+
 WARMUP = 3  # untimed steps of every contender
-_PIN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 # fastdist runs WARMUP + steps steps with its history every WARMUP steps; its rate is
 # that of the steps after the first window, like the peers' (benchmarks.warmup).
@@ -42,19 +39,7 @@ print(json.dumps({"samples_per_second": rate}))
 
 
 def _run(args: list[str], threads: int | None) -> float:
-    env = dict(os.environ)
-    for var in _PIN_VARS:
-        env.pop(var, None)
-        if threads is not None:
-            env[var] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{' '.join(args[:4])} failed: {tail}")
-    out = proc.stdout
+    out = run_python(args, threads)
     return float(json.loads(out[out.rindex("{") : out.rindex("}") + 1])["samples_per_second"])
 
 

@@ -113,6 +113,20 @@ def test_prediction_in_chunks_and_empty_batches():
         kernel.loss_and_grad(params, x[:5], y[:5], grad)
 
 
+def test_reference_backend_is_the_oracle_predicting_in_chunks():
+    model, params, x, y = _case((6, 6), dict(channels=[2], pool=[2]), 300)
+    kernel = model.kernel("reference", 4)
+    grad = np.empty(model.size, dtype=np.float32)
+    loss, correct = kernel.loss_and_grad(params, x[:4], y[:4], grad)
+    want_loss, want_grad, want_correct = loss_and_grad(model, params, x[:4], y[:4])
+    assert (loss, correct) == (want_loss, want_correct)
+    np.testing.assert_array_equal(grad, want_grad)
+    out = np.empty((300, 3), dtype=np.float32)
+    kernel.logits(params, x, out)  # 256 rows at a time: the reference keeps every map
+    chunks = [forward(model, params, x[:256])[0], forward(model, params, x[256:])[0]]
+    np.testing.assert_array_equal(out, np.concatenate(chunks))
+
+
 def test_presets_have_the_published_shapes():
     cfg = fastdist.compose(["model=cnn_mnist", "dataset=synthetic"])
     mnist = build_model(cfg.model, (28, 28), 10)

@@ -117,3 +117,19 @@ def test_unknown_backend_is_a_config_error():
 
     with pytest.raises(ConfigError, match="no kernel for backend 'cuda'"):
         MLP((4, 3)).kernel("cuda", 8)
+
+
+def test_reference_backend_is_the_oracle_behind_the_kernel_calls():
+    layout = MLP((6, 5, 3))
+    rng = np.random.default_rng(4)
+    params = layout.init(4)
+    x, y = _batch(rng, layout, 7)
+    kernel = layout.kernel("reference", 7)
+    grad = np.empty(layout.size, np.float32)
+    assert kernel.loss_and_grad(params, x, y, grad) == pytest.approx(
+        loss_and_grad(layout, params, x, y)[::2]
+    )
+    np.testing.assert_array_equal(grad, loss_and_grad(layout, params, x, y)[1])
+    out = np.empty((7, 3), np.float32)
+    kernel.logits(params, x, out)
+    np.testing.assert_array_equal(out, forward_logits(layout, params, x))

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from benchmarks.child_env import thread_pins
+
 DEFAULT_SIZES = (784, 1024, 1024, 10)
 LR = 0.01
 MOMENTUM = 0.9
@@ -27,11 +29,7 @@ MOMENTUM = 0.9
 BATCHES_PER_WORKER = 16
 # One BLAS / OpenMP thread per process for the multi-process peers; set in the parent's
 # environment around process creation (spawned children read it before loading BLAS).
-SINGLE_THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+SINGLE_THREAD_ENV = thread_pins(1)
 
 
 def make_data(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shutil
@@ -29,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.peers import _common
+from benchmarks.child_env import ROOT, child_env
+from benchmarks.peers import _common, _gloo
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MPI_MARKER = "ALLREDUCE_PEER_RESULT "
 TIMEOUT_S = 600.0
 WARMUP = 3
@@ -59,23 +58,13 @@ def _summary(impl: str, n_floats: int, world: int, times: np.ndarray, ok: bool, 
 
 
 def gloo_available() -> bool:
-    return _common.module_available("torch")
+    return _gloo.available()
 
 
 def _gloo_rank(rank, world, port, n_floats, repeats, warmup, results) -> None:
-    _common.die_with_parent()
-    import torch
-    import torch.distributed as dist
+    with _gloo.process_group(rank, world, port) as dist:
+        import torch
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
         buf = torch.full((n_floats,), float(rank + 1), dtype=torch.float32)
         for _ in range(warmup):
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
@@ -103,36 +92,14 @@ def _gloo_rank(rank, world, port, n_floats, repeats, warmup, results) -> None:
                     torch=torch.__version__,
                 )
             )
-    finally:
-        dist.destroy_process_group()
 
 
 def run_gloo_allreduce(
     n_floats: int, world: int = 2, repeats: int = 10, warmup: int = WARMUP
 ) -> dict:
     """Median seconds of one gloo average of ``n_floats`` float32 across ``world`` procs."""
-    import torch.multiprocessing as mp
-
-    env = dict(_common.SINGLE_THREAD_ENV, GLOO_SOCKET_IFNAME="lo")
-    results = mp.get_context("spawn").SimpleQueue()
-    args = (world, _common.free_port(), int(n_floats), int(repeats), int(warmup), results)
-    context = None
-    try:
-        with _common.patched_env(env):
-            context = mp.start_processes(
-                _gloo_rank, args=args, nprocs=world, join=False, start_method="spawn"
-            )
-        deadline = time.monotonic() + TIMEOUT_S
-        while not context.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gloo allreduce: no result within {TIMEOUT_S:.0f} s")
-        if results.empty():
-            raise RuntimeError("gloo allreduce: rank 0 exited without a result")
-        return results.get()
-    finally:
-        if context is not None:
-            _common.reap(context.processes)
-        results.close()
+    args = (int(n_floats), int(repeats), int(warmup))
+    return _gloo.run_ranks(_gloo_rank, world, args, "gloo allreduce", TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------ MPI
@@ -152,17 +119,13 @@ def mpi_available() -> bool:
 
 
 def _mpi_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(_common.SINGLE_THREAD_ENV)
+    env = child_env(threads=1)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     # One node: shared-memory transport (ob1 over the sm BTL), nothing on the network.
     # Callers can override these by setting them first.
     env.setdefault("OMPI_MCA_pml", "ob1")
     env.setdefault("OMPI_MCA_btl", "self,sm")
     env.setdefault("OMPI_MCA_btl_tcp_if_include", "lo")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
     return env
 
 
@@ -184,7 +147,7 @@ def run_mpi_allreduce(
     cmd += ["--repeats", str(int(repeats)), "--warmup", str(int(warmup))]
     proc = subprocess.Popen(
         cmd,
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         env=_mpi_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

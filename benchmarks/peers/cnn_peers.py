@@ -15,18 +15,19 @@ Each prints one JSON result (``samples_per_second`` over ``steps`` timed steps a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import time
 
 import numpy as np
 
-from benchmarks.peers import _common
+from benchmarks.peers import _common, _gloo
 
 LR = 0.01
 MOMENTUM = 0.9
 BATCHES_PER_WORKER = 8
+# Seconds a multi-process peer may take, set-up included, before it is killed.
+TIMEOUT_S = 900.0
 
 
 def w3_model():
@@ -123,64 +124,25 @@ def torch_single(
 
 
 def _ddp_rank(rank, workers, port, steps, warmup, batch, seed, results) -> None:
-    _common.die_with_parent()
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    with _gloo.process_group(rank, workers, port) as dist:
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=workers,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
         model = w3_model()
         net = DDP(torch_net(model, model.init(seed)))
         x, y = _common.shard(*make_data(workers, batch, seed), rank, workers)
         data = _torch_batches(x, y, batch)
         optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-        _train(net, optimizer, data, 0, warmup)
-        dist.barrier()
-        t0 = time.perf_counter()
-        _train(net, optimizer, data, warmup, steps)
-        dist.barrier()
-        seconds = time.perf_counter() - t0
+        seconds = _gloo.timed_steps(
+            dist, lambda start, n: _train(net, optimizer, data, start, n), warmup, steps
+        )
         if rank == 0:
-            results.put(
-                _common.result(
-                    "torch_ddp",
-                    workers,
-                    steps,
-                    seconds,
-                    batch * workers,
-                    backend="gloo",
-                    threads_per_worker=1,
-                )
-            )
-    finally:
-        dist.destroy_process_group()
+            results.put(_gloo.ddp_result("torch_ddp", workers, steps, seconds, batch * workers))
 
 
 def torch_ddp(steps: int, warmup: int, workers: int, batch: int, seed: int) -> dict:
-    import torch.multiprocessing as mp
-
-    results = mp.get_context("spawn").SimpleQueue()
-    args = (workers, _common.free_port(), steps, warmup, batch, seed, results)
-    context = None
-    try:
-        with _common.patched_env(dict(_common.SINGLE_THREAD_ENV, GLOO_SOCKET_IFNAME="lo")):
-            context = mp.start_processes(
-                _ddp_rank, args=args, nprocs=workers, join=False, start_method="spawn"
-            )
-        while not context.join(timeout=0.5):
-            pass
-        return results.get()
-    finally:
-        if context is not None:
-            _common.reap(context.processes)
+    args = (steps, warmup, batch, seed)
+    return _gloo.run_ranks(_ddp_rank, workers, args, "torch_ddp", TIMEOUT_S)
 
 
 def jax_single(steps: int, warmup: int, workers: int, batch: int, seed: int, cpus: int = 0) -> dict:
@@ -240,8 +202,9 @@ def numba_kernel(steps: int, warmup: int, workers: int, batch: int, seed: int) -
     """Not a peer: fastdist's Numba CNN kernel and SGD update in a plain loop, one
     process, no workers or arena: what the engine adds is the difference to
     ``fastdist`` with one worker."""
-    from fastdist.optim.sgd import sgd_update
+    from fastdist.optim import sgd
 
+    optimizer = sgd(lr=LR, momentum=MOMENTUM)  # the record the workers step with
     model = w3_model()
     params = model.init(seed)
     velocity = np.zeros_like(params)
@@ -249,12 +212,11 @@ def numba_kernel(steps: int, warmup: int, workers: int, batch: int, seed: int) -
     kernel = model.kernel("numba", batch * workers)
     x, y = make_data(workers, batch, seed)
     data = _common.batches(x, y, batch * workers)
-    lr, mu, wd = np.float32(LR), np.float32(MOMENTUM), np.float32(0.0)
 
     def train(start, n):
         for i in range(start, start + n):
             kernel.loss_and_grad(params, *data[i % len(data)], grad)
-            sgd_update(params, velocity, grad, lr, mu, wd, 0, params.size)
+            optimizer.update(params, (velocity,), grad, 0, params.size, i)
 
     train(0, max(warmup, 1))
     t0 = time.perf_counter()

@@ -8,10 +8,7 @@ steps between two barriers after ``warmup`` steps and reports through a queue.
 
 from __future__ import annotations
 
-import datetime
-import time
-
-from benchmarks.peers import _common
+from benchmarks.peers import _common, _gloo
 
 NAME = "torch_ddp"
 # Seconds the coordinator waits for the whole run (setup included) before killing it.
@@ -19,26 +16,16 @@ TIMEOUT_S = 900.0
 
 
 def available() -> bool:
-    return _common.module_available("torch")
+    return _gloo.available()
 
 
 def _rank_main(rank, workers, port, steps, warmup, batch, sizes, seed, results) -> None:
-    _common.die_with_parent()
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    with _gloo.process_group(rank, workers, port) as dist:
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from benchmarks.peers.torch_single import build_model, train_steps
+        from benchmarks.peers.torch_single import build_model, train_steps
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=workers,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
         torch.manual_seed(seed)
         x, y = _common.make_data(workers, batch, sizes, seed)
         x, y = _common.shard(x, y, rank, workers)
@@ -49,27 +36,11 @@ def _rank_main(rank, workers, port, steps, warmup, batch, sizes, seed, results) 
         del x, y
         model = DDP(build_model(sizes, seed))
         optimizer = torch.optim.SGD(model.parameters(), lr=_common.LR, momentum=_common.MOMENTUM)
-        train_steps(model, optimizer, data, 0, warmup)
-        dist.barrier()
-        t0 = time.perf_counter()
-        train_steps(model, optimizer, data, warmup, steps)
-        dist.barrier()
-        seconds = time.perf_counter() - t0
+        seconds = _gloo.timed_steps(
+            dist, lambda start, n: train_steps(model, optimizer, data, start, n), warmup, steps
+        )
         if rank == 0:
-            results.put(
-                _common.result(
-                    NAME,
-                    workers,
-                    steps,
-                    seconds,
-                    batch * workers,
-                    backend="gloo",
-                    threads_per_worker=1,
-                    torch=torch.__version__,
-                )
-            )
-    finally:
-        dist.destroy_process_group()
+            results.put(_gloo.ddp_result(NAME, workers, steps, seconds, batch * workers))
 
 
 def run(
@@ -81,32 +52,8 @@ def run(
     seed: int = 0,
     timeout: float = TIMEOUT_S,
 ) -> dict:
-    import torch.multiprocessing as mp
-
-    env = dict(_common.SINGLE_THREAD_ENV, GLOO_SOCKET_IFNAME="lo")
-    results = mp.get_context("spawn").SimpleQueue()
-    port = _common.free_port()
-    args = (workers, port, steps, warmup, batch, tuple(sizes), seed, results)
-    context = None
-    try:
-        # The pins must be in the environment when the children start: spawned
-        # interpreters read OMP_NUM_THREADS before torch loads its thread pool.
-        with _common.patched_env(env):
-            context = mp.start_processes(
-                _rank_main, args=args, nprocs=workers, join=False, start_method="spawn"
-            )
-        deadline = time.monotonic() + timeout
-        # join() raises ProcessRaisedException / ProcessExitedException if a rank fails.
-        while not context.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{NAME}: no result within {timeout:.0f} s")
-        if results.empty():
-            raise RuntimeError(f"{NAME}: rank 0 exited without a result")
-        return results.get()
-    finally:
-        if context is not None:
-            _common.reap(context.processes)
-        results.close()
+    args = (steps, warmup, batch, tuple(sizes), seed)
+    return _gloo.run_ranks(_rank_main, workers, args, NAME, timeout)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from numba import njit
 __all__ = ["block_mean", "mean_rows_into", "average_rows", "slice_bounds", "allreduce_mean"]
 
 
-# 0-based loops over block views: see the note in fastdist.optim.sgd (vectorisation).
+# 0-based loops over block views: see the note in fastdist.optim.blocked (vectorisation).
 _BLOCK = 4096
 
 

@@ -108,7 +108,7 @@ class CNN(Model):
     _KERNELS = {
         "numba": "fastdist.models.kernels.numba_cnn:NumbaCNNKernel",
         "jax": "fastdist.models.kernels.jax_cnn:JaxCNNKernel",
-        "reference": "fastdist.models.kernels.reference_cnn:ReferenceCNNKernel",
+        "reference": "fastdist.models.kernels.reference_kernel:ReferenceKernel",
     }
 
     def kernel(self, backend: str, max_batch: int):
@@ -120,9 +120,9 @@ class CNN(Model):
         return loss_and_grad(self, params, x, y)
 
     def reference_logits(self, params, x):
-        from fastdist.models.kernels.reference_cnn import forward
+        from fastdist.models.kernels.reference_cnn import forward_logits
 
-        return forward(self, params, x)[0]
+        return forward_logits(self, params, x)
 
     def describe(self) -> dict:
         return {

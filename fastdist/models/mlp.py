@@ -88,7 +88,7 @@ class MLP(Model):
     _KERNELS = {
         "numba": "fastdist.models.kernels.numba_mlp:NumbaKernel",
         "jax": "fastdist.models.kernels.jax_mlp:JaxKernel",
-        "reference": "fastdist.models.kernels.reference_mlp:ReferenceKernel",
+        "reference": "fastdist.models.kernels.reference_kernel:ReferenceKernel",
     }
 
     def kernel(self, backend: str, max_batch: int):

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from fastdist.engine.allreduce import block_mean
 from fastdist.errors import ConfigError
 from fastdist.optim.base import Optimizer, check_common
-from fastdist.optim.sgd import _BLOCK
+from fastdist.optim.blocked import for_blocks, for_blocks_of_mean
 
 __all__ = ["Adagrad", "adagrad", "adagrad_update", "adagrad_update_from_mean"]
 
@@ -23,8 +22,9 @@ __all__ = ["Adagrad", "adagrad", "adagrad_update", "adagrad_update_from_mean"]
 # error_model="numpy": a float division must not test for zero (Python's error model
 # does, and that branch stops LLVM vectorising the loop: 10x slower).
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adagrad_block(p, s, g, scale, lr, initial, eps, weight_decay):
+def _adagrad_block(start, stop, g, params, sum_sq, scale, lr, initial, eps, weight_decay):
     # The state starts at zero like every state row; the accumulator is s + initial.
+    p, s = params[start:stop], sum_sq[start:stop]
     for i in range(p.shape[0]):
         gi = scale * g[i] + weight_decay * p[i]
         si = s[i] + gi * gi
@@ -34,31 +34,22 @@ def _adagrad_block(p, s, g, scale, lr, initial, eps, weight_decay):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def adagrad_update(params, s, grad, lr, initial, eps, wd, scale, lo, hi):
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        _adagrad_block(
-            params[start:stop], s[start:stop], grad[start:stop], scale, lr, initial, eps, wd
-        )
+    for_blocks(_adagrad_block, grad, lo, hi, (params, s, scale, lr, initial, eps, wd))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def adagrad_update_from_mean(params, s, grads, lr, initial, eps, wd, scale, lo, hi):
-    acc = np.empty(_BLOCK, np.float32)
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        block_mean(grads, start, stop, acc)  # the mean of this block, kept in L1
-        _adagrad_block(
-            params[start:stop], s[start:stop], acc[: stop - start], scale, lr, initial, eps, wd
-        )
+    # The mean of each block is formed in L1 and consumed at once (fastdist.optim.blocked).
+    for_blocks_of_mean(_adagrad_block, grads, lo, hi, (params, s, scale, lr, initial, eps, wd))
 
 
 @dataclass(frozen=True)
 class Adagrad(Optimizer):
-    lr: float = 0.01
-    initial_accumulator: float = 0.1
-    eps: float = 1e-7
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
+    lr: float  # defaults: the factory's signature (the config schema), stated once
+    initial_accumulator: float
+    eps: float
+    weight_decay: float
+    clip_norm: float | None
 
     name = "adagrad"
     state_names = ("sum_of_squares",)

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from fastdist.engine.allreduce import block_mean
 from fastdist.errors import ConfigError
 from fastdist.optim.base import Optimizer, check_beta, check_common
-from fastdist.optim.sgd import _BLOCK
+from fastdist.optim.blocked import for_blocks, for_blocks_of_mean
 
 __all__ = ["AdamW", "adamw", "adamw_update", "adamw_update_from_mean"]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adamw_block(p, m, v, g, scale, lr, b1, b2, eps, weight_decay, c1, c2):
+def _adamw_block(start, stop, g, params, first, second, scale, lr, b1, b2, eps, wd, c1, c2):
     # c1 = 1/(1 - b1^t), c2 = 1/(1 - b2^t): the bias corrections of step t.
+    p, m, v = params[start:stop], first[start:stop], second[start:stop]
     one = np.float32(1.0)
     for i in range(p.shape[0]):
         gi = scale * g[i]
@@ -32,59 +32,29 @@ def _adamw_block(p, m, v, g, scale, lr, b1, b2, eps, weight_decay, c1, c2):
         vi = b2 * v[i] + (one - b2) * (gi * gi)
         m[i] = mi
         v[i] = vi
-        p[i] -= lr * ((mi * c1) / (np.sqrt(vi * c2) + eps) + weight_decay * p[i])
+        p[i] -= lr * ((mi * c1) / (np.sqrt(vi * c2) + eps) + wd * p[i])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def adamw_update(params, m, v, grad, lr, b1, b2, eps, wd, c1, c2, scale, lo, hi):
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        _adamw_block(
-            params[start:stop],
-            m[start:stop],
-            v[start:stop],
-            grad[start:stop],
-            scale,
-            lr,
-            b1,
-            b2,
-            eps,
-            wd,
-            c1,
-            c2,
-        )
+    args = (params, m, v, scale, lr, b1, b2, eps, wd, c1, c2)
+    for_blocks(_adamw_block, grad, lo, hi, args)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def adamw_update_from_mean(params, m, v, grads, lr, b1, b2, eps, wd, c1, c2, scale, lo, hi):
-    acc = np.empty(_BLOCK, np.float32)
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        block_mean(grads, start, stop, acc)
-        _adamw_block(
-            params[start:stop],
-            m[start:stop],
-            v[start:stop],
-            acc[: stop - start],
-            scale,
-            lr,
-            b1,
-            b2,
-            eps,
-            wd,
-            c1,
-            c2,
-        )
+    args = (params, m, v, scale, lr, b1, b2, eps, wd, c1, c2)
+    for_blocks_of_mean(_adamw_block, grads, lo, hi, args)
 
 
 @dataclass(frozen=True)
 class AdamW(Optimizer):
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    clip_norm: float | None = None
+    lr: float  # defaults: the factory's signature (the config schema), stated once
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    clip_norm: float | None
 
     name = "adamw"
     state_names = ("first_moment", "second_moment")

@@ -17,10 +17,9 @@ import numpy as np
 from numba import njit
 
 from fastdist.engine.allreduce import block_mean
+from fastdist.optim.blocked import BLOCK
 
 __all__ = ["GlobalNormClip", "clip_scale", "sum_of_squares", "sum_of_squares_of_mean"]
-
-_BLOCK = 4096
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
@@ -37,9 +36,10 @@ def _block_sumsq(x):
 @njit(cache=True, nogil=True)
 def sum_of_squares(vec, lo, hi):
     """sum(vec[lo:hi]**2), accumulated in float64."""
+    # A reduction, so not one of fastdist.optim.blocked's update drivers: same blocks.
     total = 0.0
-    for start in range(lo, hi, _BLOCK):
-        total += _block_sumsq(vec[start : min(start + _BLOCK, hi)])
+    for start in range(lo, hi, BLOCK):
+        total += _block_sumsq(vec[start : min(start + BLOCK, hi)])
     return total
 
 
@@ -47,10 +47,10 @@ def sum_of_squares(vec, lo, hi):
 def sum_of_squares_of_mean(rows, lo, hi):
     """sum(mean(rows[:, lo:hi], axis=0)**2) without materialising the mean: the block
     means are the ones :func:`fastdist.engine.allreduce.block_mean` gives the update."""
-    acc = np.empty(_BLOCK, np.float32)
+    acc = np.empty(BLOCK, np.float32)
     total = 0.0
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
+    for start in range(lo, hi, BLOCK):
+        stop = min(start + BLOCK, hi)
         block_mean(rows, start, stop, acc)
         total += _block_sumsq(acc[: stop - start])
     return total

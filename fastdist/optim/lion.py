@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from fastdist.engine.allreduce import block_mean
 from fastdist.optim.base import Optimizer, check_beta, check_common
-from fastdist.optim.sgd import _BLOCK
+from fastdist.optim.blocked import for_blocks, for_blocks_of_mean
 
 __all__ = ["Lion", "lion", "lion_update", "lion_update_from_mean"]
 
 
 @njit(cache=True, nogil=True)
-def _lion_block(p, m, g, scale, lr, b1, b2, weight_decay):
+def _lion_block(start, stop, g, params, momentum, scale, lr, b1, b2, weight_decay):
+    p, m = params[start:stop], momentum[start:stop]
     one, zero = np.float32(1.0), np.float32(0.0)
     for i in range(p.shape[0]):
         gi = scale * g[i]
@@ -31,27 +31,21 @@ def _lion_block(p, m, g, scale, lr, b1, b2, weight_decay):
 
 @njit(cache=True, nogil=True)
 def lion_update(params, m, grad, lr, b1, b2, wd, scale, lo, hi):
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        _lion_block(params[start:stop], m[start:stop], grad[start:stop], scale, lr, b1, b2, wd)
+    for_blocks(_lion_block, grad, lo, hi, (params, m, scale, lr, b1, b2, wd))
 
 
 @njit(cache=True, nogil=True)
 def lion_update_from_mean(params, m, grads, lr, b1, b2, wd, scale, lo, hi):
-    acc = np.empty(_BLOCK, np.float32)
-    for start in range(lo, hi, _BLOCK):
-        stop = min(start + _BLOCK, hi)
-        block_mean(grads, start, stop, acc)
-        _lion_block(params[start:stop], m[start:stop], acc[: stop - start], scale, lr, b1, b2, wd)
+    for_blocks_of_mean(_lion_block, grads, lo, hi, (params, m, scale, lr, b1, b2, wd))
 
 
 @dataclass(frozen=True)
 class Lion(Optimizer):
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
+    lr: float  # defaults: the factory's signature (the config schema), stated once
+    beta1: float
+    beta2: float
+    weight_decay: float
+    clip_norm: float | None
 
     name = "lion"
     state_names = ("momentum",)

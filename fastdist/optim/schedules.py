@@ -43,6 +43,12 @@ def _linear(progress: float, final: float) -> float:
     return 1.0 + (final - 1.0) * progress
 
 
+# schedule=step's defaults, for its factory and its record alike: the rate divided by
+# 10 at half the horizon and again at three quarters.
+STEP_GAMMA = 0.1
+STEP_MILESTONES = (0.5, 0.75)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The record of one schedule: ``factor(step, total_steps)`` in [0, 1]."""
@@ -53,8 +59,8 @@ class Schedule:
     warmup_fraction: float = 0.0
     final_fraction: float = 0.0
     steps: int | None = None  # horizon; None = the run's total steps
-    gamma: float = 0.1  # shape "step": the factor applied at each milestone
-    milestones: tuple[float, ...] = ()  # shape "step": fractions of the horizon
+    gamma: float = STEP_GAMMA  # shape "step": the factor applied at each milestone
+    milestones: tuple[float, ...] = STEP_MILESTONES  # shape "step": fractions of the horizon
 
     def __post_init__(self) -> None:
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -115,8 +121,8 @@ def constant(
 
 
 def step(
-    gamma: float = 0.1,
-    milestones: tuple[float, ...] = (0.5, 0.75),
+    gamma: float = STEP_GAMMA,
+    milestones: tuple[float, ...] = STEP_MILESTONES,
     warmup_steps: int | None = None,
     warmup_fraction: float = 0.0,
     steps: int | None = None,

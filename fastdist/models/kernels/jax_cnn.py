@@ -5,11 +5,12 @@ Same calls, copies and compilation behaviour as the MLP's
 them); only the traced forward pass differs. Convolutions run channels-last
 (``NHWC`` inputs, ``HWIO`` weights, the layout's own order), a 1-D network as a 2-D one
 of height 1; max-pool is ``lax.reduce_window`` with ``VALID`` windows (the floor the
-other kernels take).
+other kernels take); the dense layers are the MLP's (:mod:`jax_dense`).
 """
 
 from __future__ import annotations
 
+from fastdist.models.kernels.jax_dense import dense_forward
 from fastdist.models.kernels.jax_mlp import JaxKernel, _import_jax
 
 __all__ = ["JaxCNNKernel", "cnn_forward"]
@@ -41,14 +42,11 @@ def cnn_forward(model):
             if c.qh * c.qw > 1:
                 window = (1, c.qh, c.qw, 1)
                 a = lax.reduce_window(a, -jnp.inf, lax.max, window, window, "VALID")
-        a = a.reshape(batch, -1)
-        n_dense = len(model.dense) - 1
-        for j in range(n_dense):
-            weight = tensors[f"dense{j}.weight"].reshape(model.dense[j], model.dense[j + 1])
-            a = a @ weight + tensors[f"dense{j}.bias"]
-            if j < n_dense - 1:
-                a = jax.nn.relu(a)
-        return a
+        dense = [
+            (tensors[f"dense{j}.weight"].reshape(fan_in, fan_out), tensors[f"dense{j}.bias"])
+            for j, (fan_in, fan_out) in enumerate(zip(model.dense[:-1], model.dense[1:]))
+        ]
+        return dense_forward(a.reshape(batch, -1), dense)
 
     return forward
 

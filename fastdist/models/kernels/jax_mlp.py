@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from fastdist.errors import ConfigError
+from fastdist.models.kernels.jax_dense import dense_forward
 
 __all__ = [
     "JaxKernel",
@@ -138,18 +139,10 @@ def enable_compilation_cache(cache_dir: str) -> None:
 
 def mlp_forward(mlp):
     """The MLP's forward pass as a traceable function of (tensors by layout name, x)."""
-    jax, _ = _import_jax()
-    n_layers = mlp.n_layers
+    names = [(f"w{layer}", f"b{layer}") for layer in range(mlp.n_layers)]
 
     def forward(tensors, x):
-        h = x
-        for layer in range(n_layers):
-            h = h @ tensors[f"w{layer}"] + tensors[f"b{layer}"]
-            if layer < n_layers - 1:
-                # jax.nn.relu, not jnp.maximum: its derivative at exactly 0 is 0, like the
-                # reference's (h > 0) mask (maximum would split the gradient, 0.5).
-                h = jax.nn.relu(h)
-        return h
+        return dense_forward(x, [(tensors[w], tensors[b]) for w, b in names])
 
     return forward
 

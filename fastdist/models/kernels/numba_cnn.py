@@ -7,8 +7,8 @@ floats. The batch is walked in chunks of samples whose columns fit in L2 (about 
 KiB): a whole batch's columns (42 MB for W3's second conv) would go to DRAM and back.
 Backward, per chunk: im2col again, ``dW += cols.T @ dZ`` (backward-weights), ``dcols =
 dZ @ W.T`` then col2im (backward-data; skipped for the first layer). Max-pool keeps
-each window's argmax for its backward. The dense layers
-and the softmax cross-entropy are as in :mod:`numba_mlp`.
+each window's argmax for its backward. The dense layers are the MLP's
+(:mod:`numba_dense`), and so is the softmax cross-entropy (:mod:`numba_loss`).
 
 Every layer's geometry is a row of the int64 array ``geom`` (columns
 :data:`~fastdist.models.kernels.numba_im2col.GEOM`), and every buffer offset is
@@ -67,20 +67,23 @@ class NumbaCNNKernel:
         if x.shape[0] == 0:
             grad_out[:] = 0.0
             return 0.0, 0
-        offs, cols, z, p, arg, acts, dcols, part, da, db = self._workspace(self.max_batch)
+        offs, dense_offs, cols, z, p, arg, acts, dcols, part, da, db = self._workspace(
+            self.max_batch
+        )
         loss, correct = cnn_loss_and_grad(
-            params, self._geom, self._dense, offs, np.ascontiguousarray(x), y, grad_out,
-            cols, z, p, arg, acts, dcols, part, da, db,
+            params, self._geom, self._dense, offs, dense_offs, np.ascontiguousarray(x), y,
+            grad_out, cols, z, p, arg, acts, dcols, part, da, db,
         )  # fmt: skip
         return float(loss), int(correct)
 
     def logits(self, params: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
         """Logits of ``x`` into ``out``, in chunks."""
         chunk = min(self.max_batch, self._PREDICT_CHUNK)
-        offs, cols, z, p, arg, acts, _, _, _, _ = self._workspace(chunk)
+        offs, dense_offs, cols, z, p, arg, acts, _, _, _, _ = self._workspace(chunk)
         for lo in range(0, x.shape[0], chunk):
             hi = min(lo + chunk, x.shape[0])
             xs = np.ascontiguousarray(x[lo:hi], dtype=np.float32)
             out[lo:hi] = cnn_forward(
-                params, self._geom, self._dense, offs, xs, hi - lo, cols, z, p, arg, acts
-            )
+                params, self._geom, self._dense, offs, dense_offs, xs, hi - lo,
+                cols, z, p, arg, acts,
+            )  # fmt: skip

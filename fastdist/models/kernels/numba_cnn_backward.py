@@ -1,7 +1,7 @@
 """The Numba CNN's training step: forward pass, loss, and backward pass in one compiled
-call. Dense layers back to the conv features, then per conv layer: max-pool's argmax
-routing, the ReLU mask, the bias gradient, and per chunk of samples im2col again,
-backward-weights (``dW += cols.T @ dZ``) and backward-data (``dcols = dZ @ W.T`` then
+call. Dense layers back to the conv features (:mod:`numba_dense`), then per conv layer:
+max-pool's argmax routing, the ReLU mask, the bias gradient, and per chunk of samples
+im2col again, backward-weights (``dW += cols.T @ dZ``) and backward-data (``dcols = dZ @ W.T`` then
 col2im; skipped for the first layer)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from fastdist.models.kernels.numba_cnn_forward import cnn_forward
+from fastdist.models.kernels.numba_dense import dense_backward
 from fastdist.models.kernels.numba_im2col import col2im, im2col
 from fastdist.models.kernels.numba_loss import softmax_cross_entropy
 
@@ -22,6 +23,7 @@ def cnn_loss_and_grad(
     geom,
     dense,
     offs,
+    dense_offs,
     x,
     y,
     grad,
@@ -40,47 +42,20 @@ def cnn_loss_and_grad(
     :func:`~fastdist.models.kernels.numba_cnn_workspace.workspace`."""
     batch = x.shape[0]
     n_conv = geom.shape[0]
-    n_dense = dense.shape[0] - 1
-    logits = cnn_forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts)
-    n_classes = dense[n_dense]
+    logits = cnn_forward(
+        params, geom, dense, offs, dense_offs, x, batch, cols, zbuf, pbuf, argbuf, acts
+    )
+    loss, correct = softmax_cross_entropy(logits, y, delta_a)
 
-    # Softmax cross-entropy; delta = (softmax - onehot) / batch.
-    delta = delta_a[: batch * n_classes].reshape((batch, n_classes))
-    loss, correct = softmax_cross_entropy(logits, y, delta)
-
-    # Dense layers, last first; the delta ends as d(loss)/d(flattened conv features).
-    in_a = True  # which of delta_a / delta_b holds ``delta``
-    last = geom[n_conv - 1]
-    for j in range(n_dense - 1, -1, -1):
-        fan_in, fan_out = dense[j], dense[j + 1]
-        o = offs[n_conv + j]
-        if j == 0:
-            if last[12] * last[13] > 1:
-                h_in = pbuf[offs[n_conv - 1, 4] : offs[n_conv - 1, 4] + batch * fan_in]
-            else:
-                h_in = zbuf[offs[n_conv - 1, 3] : offs[n_conv - 1, 3] + batch * fan_in]
-        else:
-            po = offs[n_conv + j - 1, 3]
-            h_in = acts[po : po + batch * fan_in]
-        h2 = h_in.reshape((batch, fan_in))
-        gw = grad[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
-        gb = grad[o[1] : o[1] + fan_out]
-        np.dot(h2.T, delta, gw)
-        for k in range(fan_out):
-            gb[k] = 0.0
-        for i in range(batch):
-            for k in range(fan_out):
-                gb[k] += delta[i, k]
-        wmat = params[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
-        buf = delta_b if in_a else delta_a
-        in_a = not in_a
-        prev = buf[: batch * fan_in].reshape((batch, fan_in))
-        np.dot(delta, wmat.T, prev)
-        if j > 0:
-            for i in range(batch):
-                for k in range(fan_in):
-                    prev[i, k] = prev[i, k] if h2[i, k] > 0.0 else 0.0
-        delta = prev
+    # The dense layers, down to d(loss)/d(flattened conv features) (the forward's input
+    # to the first dense layer: the last conv's pooled or ReLU output).
+    last = offs[n_conv - 1]
+    if geom[n_conv - 1, 12] * geom[n_conv - 1, 13] > 1:
+        features = pbuf[last[4] : last[4] + batch * dense[0]]
+    else:
+        features = zbuf[last[3] : last[3] + batch * dense[0]]
+    h0 = features.reshape((batch, dense[0]))
+    in_a = dense_backward(params, dense, dense_offs, h0, acts, grad, delta_a, delta_b, True)
 
     # Conv layers, last first. ``dp`` is d(loss)/d(pooled output), flat NHWC.
     for layer in range(n_conv - 1, -1, -1):

@@ -1,12 +1,13 @@
 """The Numba CNN's forward pass: the whole network (conv layers as chunked im2col + GEMM,
-ReLU, max-pool, then the dense layers) in one compiled call, into workspaces laid out by
-:mod:`~fastdist.models.kernels.numba_cnn_workspace`."""
+ReLU, max-pool, then the dense layers of :mod:`numba_dense`) in one compiled call, into
+workspaces laid out by :mod:`~fastdist.models.kernels.numba_cnn_workspace`."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from fastdist.models.kernels.numba_dense import dense_forward
 from fastdist.models.kernels.numba_im2col import im2col
 from fastdist.models.kernels.numba_maxpool import max_pool
 
@@ -14,12 +15,12 @@ __all__ = ["cnn_forward"]
 
 
 @njit(cache=True, nogil=True)
-def cnn_forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, acts):
+def cnn_forward(params, geom, dense, offs, dense_offs, x, batch, cols, zbuf, pbuf, argbuf, acts):
     """Fill the workspaces; return the logits (batch, classes) view of ``acts``.
 
     ``offs[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
-    offset) of a conv layer; dense layer j's (weight, bias) offsets are
-    ``offs[n_conv + j, :2]``, its output at ``offs[n_conv + j, 3]``.
+    offset) of a conv layer; ``dense_offs`` is the dense layers' table
+    (:mod:`~fastdist.models.kernels.numba_dense`).
     """
     n_conv = geom.shape[0]
     a = x.reshape(x.size)
@@ -51,21 +52,5 @@ def cnn_forward(params, geom, dense, offs, x, batch, cols, zbuf, pbuf, argbuf, a
             a = p
         else:
             a = z
-    n_dense = dense.shape[0] - 1
-    h = a[: batch * dense[0]].reshape((batch, dense[0]))
-    for j in range(n_dense):
-        fan_in, fan_out = dense[j], dense[j + 1]
-        o = offs[n_conv + j]
-        wmat = params[o[0] : o[0] + fan_in * fan_out].reshape((fan_in, fan_out))
-        bias = params[o[1] : o[1] + fan_out]
-        zz = acts[o[3] : o[3] + batch * fan_out].reshape((batch, fan_out))
-        np.dot(h, wmat, zz)
-        relu = j < n_dense - 1
-        for i in range(batch):
-            for k in range(fan_out):
-                v = zz[i, k] + bias[k]
-                if relu and v < 0.0:
-                    v = 0.0
-                zz[i, k] = v
-        h = zz
-    return h
+    features = a[: batch * dense[0]].reshape((batch, dense[0]))
+    return dense_forward(params, dense, dense_offs, features, acts)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastdist.models.kernels.numba_dense import dense_offsets
+
 __all__ = ["CHUNK_FLOATS", "workspace"]
 
 # im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
@@ -16,16 +18,17 @@ CHUNK_FLOATS = 1 << 17
 
 
 def workspace(model, rows: int) -> tuple:
-    """(offsets, cols, z, pooled, argmax, dense acts, dcols, dW part, delta_a, delta_b) for
-    up to ``rows`` rows of ``model`` (a :class:`~fastdist.models.cnn_record.CNN`).
+    """(offsets, dense offsets, cols, z, pooled, argmax, dense acts, dcols, dW part,
+    delta_a, delta_b) for up to ``rows`` rows of ``model`` (a
+    :class:`~fastdist.models.cnn_record.CNN`).
 
     ``offsets[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
-    offset) of a conv layer; dense layer j's row is ``offsets[n_conv + j]`` = (weight
-    offset, bias offset, 0, output offset, 0).
+    offset) of a conv layer; the dense layers have their own table
+    (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`).
     """
     layout = model.layout
-    offs = np.zeros((len(model.convs) + len(model.dense) - 1, 5), dtype=np.int64)
-    n_z = n_p = n_acts = n_cols = widest_w = 0
+    offs = np.zeros((len(model.convs), 5), dtype=np.int64)
+    n_z = n_p = n_cols = widest_w = 0
     widest = max(model.dense)
     for layer, c in enumerate(model.convs):
         weight, bias = (
@@ -40,13 +43,14 @@ def workspace(model, rows: int) -> tuple:
         n_z += rows * c.ho * c.wo * c.cout
         n_p += rows * c.hp * c.wp * c.cout if c.qh * c.qw > 1 else 0
         widest = max(widest, c.ho * c.wo * c.cout, c.h * c.w * c.cin)
-    for j in range(len(model.dense) - 1):
-        weight, bias = layout.bounds(f"dense{j}.weight")[0], layout.bounds(f"dense{j}.bias")[0]
-        offs[len(model.convs) + j] = (weight, bias, 0, n_acts, 0)
-        n_acts += rows * model.dense[j + 1]
+    dense = range(len(model.dense) - 1)
+    weights = [layout.bounds(f"dense{j}.weight")[0] for j in dense]
+    biases = [layout.bounds(f"dense{j}.bias")[0] for j in dense]
+    n_acts = rows * sum(model.dense[1:])
     f32 = np.float32
     return (
         offs,
+        dense_offsets(weights, biases, model.dense, rows),
         np.empty(max(n_cols, 1), f32),
         np.empty(max(n_z, 1), f32),
         np.empty(max(n_p, 1), f32),

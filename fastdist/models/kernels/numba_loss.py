@@ -9,11 +9,13 @@ __all__ = ["softmax_cross_entropy"]
 
 
 @njit(cache=True, nogil=True)
-def softmax_cross_entropy(logits, y, delta):
+def softmax_cross_entropy(logits, y, out):
     """Mean loss and #correct of ``logits`` (batch, classes) against labels ``y``; writes
-    d(mean loss)/d(logits) = (softmax - onehot) / batch into ``delta`` (no separate
-    probability buffer)."""
+    d(mean loss)/d(logits) = (softmax - onehot) / batch, (batch, classes) row-major, to
+    the start of the flat buffer ``out`` (no separate probability buffer): where the
+    dense layers' backward pass reads it (:mod:`numba_dense`)."""
     batch, n_classes = logits.shape
+    delta = out[: batch * n_classes].reshape((batch, n_classes))
     loss = 0.0
     correct = 0
     for i in range(batch):

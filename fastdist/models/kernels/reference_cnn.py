@@ -3,20 +3,22 @@
 Written for any float dtype (the Fisher combiner runs it in float64). A convolution is
 a sum over the kernel offsets ``(i, j)`` of strided input slices times ``W[i, j]``; the
 backward pass keeps every example's deltas apart, so the same code gives the batch
-gradient (summed) and per-example squared gradients (Fisher).
+gradient (summed) and per-example squared gradients (Fisher). The ``reference`` backend
+is :class:`~fastdist.models.kernels.reference_kernel.ReferenceKernel` over these
+functions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastdist.models.kernels.reference_mlp import log_softmax
+from fastdist.models.kernels.reference_mlp import dense_outputs, softmax_cross_entropy
 
 __all__ = [
-    "ReferenceCNNKernel",
     "add_squared_grads",
     "backward",
     "forward",
+    "forward_logits",
     "loss_and_grad",
     "to_nhwc",
 ]
@@ -70,15 +72,19 @@ def forward(model, params: np.ndarray, x: np.ndarray):
         else:
             arg, a = None, z
         convs.append((xpad, z, arg))
-    h = a.reshape(a.shape[0], -1)
-    dense = [h]
     n_dense = len(model.dense) - 1
-    for j in range(n_dense):
-        h = h @ model.dense_weight(params, j) + model.dense_bias(params, j)
-        if j < n_dense - 1:
-            h = np.maximum(h, 0.0)
-        dense.append(h)
-    return h, (convs, dense)
+    layers = [(model.dense_weight(params, j), model.dense_bias(params, j)) for j in range(n_dense)]
+    dense = dense_outputs(a.reshape(a.shape[0], -1), layers)
+    return dense[-1], (convs, dense)
+
+
+def forward_logits(model, params: np.ndarray, x: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """The logits of ``x``, ``chunk`` rows at a time: :func:`forward` keeps every
+    layer's maps of all the rows it is given (GBs for a whole test set)."""
+    out = np.empty((x.shape[0], model.n_classes), dtype=params.dtype)
+    for lo in range(0, x.shape[0], chunk):
+        out[lo : lo + chunk] = forward(model, params, x[lo : lo + chunk])[0]
+    return out
 
 
 def backward(model, params: np.ndarray, cache, dlogits: np.ndarray):
@@ -122,15 +128,8 @@ def backward(model, params: np.ndarray, cache, dlogits: np.ndarray):
 
 def loss_and_grad(model, params: np.ndarray, x: np.ndarray, y: np.ndarray):
     """Mean softmax cross-entropy, its gradient w.r.t. the flat params, and #correct."""
-    batch = x.shape[0]
     logits, cache = forward(model, params, x)
-    logp = log_softmax(logits.astype(np.float64))
-    rows = np.arange(batch)
-    loss = float(-logp[rows, y].mean()) if batch else 0.0
-    correct = int((logits.argmax(axis=1) == y).sum()) if batch else 0
-    dlogits = np.exp(logp)
-    dlogits[rows, y] -= 1.0
-    dlogits = (dlogits / max(batch, 1)).astype(params.dtype)
+    loss, correct, dlogits = softmax_cross_entropy(logits, y, params.dtype)
     conv_deltas, dense_deltas = backward(model, params, cache, dlogits)
     grad = np.zeros_like(params)
     convs, dense = cache
@@ -160,22 +159,3 @@ def add_squared_grads(model, params, cache, dlogits, weights, out) -> None:
             gw[i, j] += np.einsum("b,bcd->cd", weights, per_example * per_example)
         per_bias = dz.sum(axis=(1, 2))
         model.conv_bias(out, layer)[:] += weights @ (per_bias * per_bias)
-
-
-class ReferenceCNNKernel:
-    """The reference behind the same interface as the compiled kernels."""
-
-    name = "reference"
-
-    def __init__(self, model, max_batch: int) -> None:
-        self.model = model
-        self.max_batch = max_batch
-
-    def loss_and_grad(self, params, x, y, grad_out) -> tuple[float, int]:
-        loss, grad, correct = loss_and_grad(self.model, params, x, y)
-        grad_out[:] = grad
-        return loss, correct
-
-    def logits(self, params, x, out) -> None:
-        for lo in range(0, x.shape[0], 256):
-            out[lo : lo + 256] = forward(self.model, params, x[lo : lo + 256])[0]
