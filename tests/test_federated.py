@@ -205,9 +205,11 @@ def test_periodic_evaluations_and_time_to_accuracy():
         "combiner=fedavg",
         "combiner.period=3",
         "steps=30",
-        "eval_every=5",
-        "target_accuracy=0.0",
+        "eval.every=5",
+        "eval.at_sync=true",
+        "eval.target_accuracy=0.0",
         "validation_fraction=0.25",
+        "history.every=1",
     )
     evals = run.metrics["evaluations"]
     # the first sync at or past 5, 10, ...: steps 6, 12, 15, 21, 27, 30
@@ -215,6 +217,24 @@ def test_periodic_evaluations_and_time_to_accuracy():
     assert run.metrics["eval_split"] == "validation"
     assert run.metrics["time_to_accuracy_step"] == 6
     assert evals[-1]["bytes_per_worker"] == run.metrics["comm_bytes_per_worker"]
+    # metrics.json's evaluations are history.csv's scored rows: one pipeline
+    scored = {row["step"]: row for row in run.history if row["val_accuracy"] is not None}
+    assert sorted(scored) == [0, *[e["step"] for e in evals]]  # and the starting point
+    assert all(e["accuracy"] == scored[e["step"]]["val_accuracy"] for e in evals)
+
+
+def test_a_mid_round_row_scores_the_server_model_not_a_workers_own():
+    """Between syncs every worker holds a local model; the run's model is the server's
+    (the anchor), which is what a history row mid-round must score."""
+    overrides = ("combiner=fedavg", "combiner.period=4", "steps=8", "eval.every=2")
+    run = _train(*overrides, "history.every=2", "validation_fraction=0.25")
+    mid = next(row for row in run.history if row["step"] == 2)  # half-way through round 1
+    start = next(row for row in run.history if row["step"] == 0)
+    # No sync yet: the server model is still the starting point, whatever the workers
+    # learnt locally (worker 0's local model after 2 steps scores differently).
+    assert (mid["val_loss"], mid["test_loss"]) == (start["val_loss"], start["test_loss"])
+    after = next(row for row in run.history if row["step"] == 4)  # the first sync
+    assert after["val_loss"] != start["val_loss"]
 
 
 def test_bad_federated_options_are_one_line_errors():

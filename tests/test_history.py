@@ -45,7 +45,7 @@ def test_rows_columns_and_the_last_score_is_the_runs(tmp_path):
 
 def test_local_sgd_with_a_validation_split_scores_both(tmp_path):
     overrides = small_run("combiner=local_sgd", "combiner.period=4", "validation_fraction=0.2")
-    result = fastdist.train([*overrides, "history.every=8", "history.eval_every=8"])
+    result = fastdist.train([*overrides, "history.every=8", "eval.every=8"])
     scored = [row for row in result.history if row["val_accuracy"] is not None]
     assert len(scored) >= 3 and all(0 <= row["val_accuracy"] <= 1 for row in scored)
     assert scored[-1]["test_accuracy"] == result.metrics["test_accuracy"]

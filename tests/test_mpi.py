@@ -100,6 +100,17 @@ def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, pe
 
 
 @pytest.mark.slow
+def test_evaluations_at_sync_points_are_the_same_across_ranks(tmp_path):
+    # Right after a sync every node holds the server model: rank 0 scores it.
+    extra = ["combiner.period=4", "eval.every=4", "eval.at_sync=true", "validation_fraction=0.2"]
+    _, _, mpi, local = _mpi_and_local(tmp_path, "fedavg", 1, extra)
+    scores = [
+        [(e["step"], e["accuracy"], e["loss"]) for e in m["evaluations"]] for m in (mpi, local)
+    ]
+    assert scores[0] == scores[1] and len(scores[0]) == 5  # steps 4, 8, ..., 20
+
+
+@pytest.mark.slow
 def test_clipping_across_ranks_matches_one_machine_to_rounding(tmp_path):
     # The norm of the global mean is summed from each node's slices, whose boundaries
     # differ from one machine's: equal up to the float64 sum's rounding.

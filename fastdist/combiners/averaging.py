@@ -43,9 +43,7 @@ def weighted_mean_of_rows(rows: np.ndarray, samples_seen: np.ndarray) -> np.ndar
 def grad_avg(init: str = "shared") -> Combiner:
     """Every step, average the workers' gradients in shared memory; every worker then
     sees the same update. Equals single-process SGD with an N-times larger batch."""
-    return Combiner(
-        "grad_avg", gradient_mean(), _shared_row, init=require_shared(init, "grad_avg")
-    )
+    return Combiner("grad_avg", gradient_mean(), _shared_row, init=require_shared(init, "grad_avg"))
 
 
 def weight_avg(init: str = "shared") -> Combiner:

@@ -166,9 +166,11 @@ class Exchange:
         """Workers taking part in a sync."""
         return workers
 
-    def synced_model(self, arena) -> np.ndarray:
-        """The model every worker agrees on right after a sync (periodic evaluation)."""
-        return arena["params"][0]
+    def evaluated_row(self, arena, own: np.ndarray) -> np.ndarray:
+        """What a worker's snapshot copies at an evaluation step: its own parameter row
+        (``own``), unless the exchange keeps a model of its own (a round's server
+        model: mid-round the workers' rows are local models, not the run's model)."""
+        return own
 
     def worker(self, view: ExchangeView) -> WorkerExchange:
         return WorkerExchange(view)

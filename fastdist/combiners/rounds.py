@@ -93,7 +93,7 @@ class Rounds(Exchange):
             rows += [arena["controls"][:workers], arena["control_sums"]]
         return rows
 
-    def synced_model(self, arena) -> np.ndarray:
+    def evaluated_row(self, arena, own: np.ndarray) -> np.ndarray:
         return arena["anchor"]
 
     def worker(self, view: ExchangeView) -> WorkerExchange:

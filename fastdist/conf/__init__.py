@@ -19,7 +19,7 @@ def resolve(target: str, what: str = "target") -> object:
     one-line ConfigError (``model.factory``, ``combiner._target_``)."""
     import importlib
 
-    from fastdist.errors import ConfigError
+    from fastdist.errors import ConfigError, FastdistError
 
     text = str(target)
     module, sep, attr = text.partition(":")
@@ -31,6 +31,8 @@ def resolve(target: str, what: str = "target") -> object:
         )
     try:
         return getattr(importlib.import_module(module), attr)
+    except FastdistError:
+        raise  # the module's own one-line error (a missing extra names its install)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"{what}={text} cannot be imported ({exc})") from None
 

@@ -15,7 +15,6 @@ architecture: which axes may be permuted (alignment) and per-example gradients
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,12 +100,12 @@ class PermutationSpec:
 def kernel_from(model, backend: str, max_batch: int, table: dict[str, str]):
     """``table[backend]`` (``"module:Class"``) imported now, in the calling process, and
     built for ``model``; an unsupported backend is a ConfigError naming the model."""
+    from fastdist.conf import resolve
     from fastdist.errors import ConfigError
 
     if backend not in table:
         raise ConfigError(f"model {model.name} has no kernel for backend {backend!r}")
-    module, _, cls = table[backend].partition(":")
-    return getattr(importlib.import_module(module), cls)(model, max_batch)
+    return resolve(table[backend], f"model {model.name}'s {backend} kernel")(model, max_batch)
 
 
 class Kernel(Protocol):

@@ -8,7 +8,7 @@ followed by ReLU dense layers and a linear output layer.
 This module holds the factory that ``_target_: fastdist.models.cnn.cnn`` names (it
 checks the options and works out each layer's geometry); the record is
 :class:`~fastdist.models.cnn_record.CNN` and a layer's geometry
-:class:`~fastdist.models.conv_layer.ConvLayer`, both re-exported here.
+:class:`~fastdist.models.conv_layer.ConvLayer`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastdist.errors import ConfigError
 from fastdist.models.cnn_record import CNN
 from fastdist.models.conv_layer import ConvLayer
 
-__all__ = ["CNN", "ConvLayer", "cnn"]
+__all__ = ["cnn"]
 
 
 def _per_layer(name: str, values, n: int) -> list[int]:

@@ -20,7 +20,6 @@ workers); each process imports the factory and traces it when first needed.
 from __future__ import annotations
 
 import functools
-import importlib
 import types
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fastdist.conf import resolve
 from fastdist.errors import ConfigError
 from fastdist.models.base import FlatLayout, Model
 
@@ -38,10 +38,7 @@ def _load_factory(path: str):
     module, sep, attr = str(path).partition(":")
     if not sep or not module or not attr:
         raise ConfigError(f"model.factory must read 'package.module:function', got {path!r}")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"model.factory={path} cannot be imported ({exc})") from None
+    factory = resolve(path, "model.factory")
     if not callable(factory):
         raise ConfigError(f"model.factory={path} is not callable")
     return factory

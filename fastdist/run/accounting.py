@@ -1,7 +1,8 @@
-"""Communication accounting, periodic evaluation and the partition's record, for
-metrics.json (one compact entry per evaluation, ready to be routed into a history).
+"""Communication accounting, timing and the partition's record, for metrics.json, with
+the evaluations of the run's history (run/evaluation.py).
 
-Bytes are what a worker WOULD send over a network, counted from the sync schedule
+Bytes are what a worker WOULD send over a network, counted by the combiner's exchange
+(``Exchange.sync_at``, ``vectors_per_sync``, ``participants``)
 (the workers themselves share memory): at every sync a taking-part worker uploads
 ``vectors x 4 x P`` bytes (its gradient, or its parameters / pseudo-gradient plus
 whatever else the method averages: SCAFFOLD's control-variate change, averaged
@@ -9,61 +10,19 @@ optimizer state) -- the federated-learning convention of client upload. A
 bandwidth-optimal ring allreduce of the same vectors would send ``2 (N-1)/N`` times
 that; ``comm_ring_bytes_per_sync`` reports it. Hogwild counts one gradient per step;
 combiners without in-training sync (weight_avg, ensembles, soups) count none (their
-one final collection is not a sync).
-
-Periodic evaluation is light by construction: worker 0 copies the synced model (the
-shared vector, the average, or the server model) into an arena slot after the first
-sync at or past every ``eval_every`` steps -- O(P), no barrier -- and the coordinator
-scores the copies after training, off the clock, on the validation split (or the test
-set when there is none; ``eval_split`` says which).
+one final collection is not a sync). history.csv's ``bytes_synchronised`` is the same
+count (run/history.bytes_per_sync).
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from fastdist.combiners.base import CombinedModel
-from fastdist.combiners.evaluate import evaluate
-from fastdist.combiners.exchange import Exchange, Sync, communication_bytes
+from fastdist.combiners.exchange import Exchange, communication_bytes
 from fastdist.data.partitions import label_histograms
+from fastdist.run.evaluation import evaluations
 
-__all__ = ["Snapshots", "eval_arrays", "sync_steps", "run_accounting"]
-
-
-def eval_arrays(eval_every: int | None, total_steps: int, size: int, sync: Sync) -> dict:
-    """The arena slots for periodic evaluation (none without in-training sync)."""
-    if not eval_every or sync in (Sync.NONE, Sync.ASYNC):
-        return {}
-    n = total_steps // int(eval_every)
-    # eval_marks rows: (steps done, nanoseconds since the workers' clock started)
-    return {"eval_models": ((n, size), np.float32), "eval_marks": ((n, 2), np.int64)}
-
-
-class Snapshots:
-    """Worker 0's side: copy the synced model into slot m-1 at the first sync at or past
-    m * every steps. Slots are a function of the step, so a respawned or resumed run
-    writes the same slots."""
-
-    def __init__(self, arena, every: int | None, exchange: Exchange, spec) -> None:
-        has = "eval_models" in arena
-        self.models = arena["eval_models"] if has else None
-        self.marks = arena["eval_marks"] if has else None
-        self.every, self.exchange, self.total = every, exchange, spec.total_steps
-        self.synced = exchange.synced_model(arena) if has else None
-        self.due = (spec.start_step // every + 1) * every if every else 0
-
-    def maybe_take(self, step: int, start: float) -> None:
-        done = step + 1
-        if self.models is None or done < self.due:
-            return
-        if not self.exchange.sync_at(step, self.total):
-            return
-        slot = done // self.every - 1
-        self.models[slot] = self.synced
-        self.marks[slot] = (done, int((time.monotonic() - start) * 1e9))
-        self.due = (done // self.every + 1) * self.every
+__all__ = ["sync_steps", "run_accounting"]
 
 
 def sync_steps(exchange: Exchange, start: int, total: int) -> np.ndarray:
@@ -104,46 +63,9 @@ def _timing(done: dict) -> dict:
     }
 
 
-def _evaluations(arena, model, data, syncs, cumulative) -> tuple[list[dict], str]:
-    if "eval_marks" not in arena:
-        return [], "none"
-    if data.validation is not None:
-        (x, y), split = data.validation, "validation"
-    else:
-        x, y, split = data.dataset.x_test, data.dataset.y_test, "test"
-    out = []
-    for vector, (done, nanos) in zip(arena["eval_models"], arena["eval_marks"]):
-        if done <= 0:
-            continue
-        scores = evaluate(CombinedModel((vector.copy(),)), model, x, y)
-        n_syncs = int(np.searchsorted(syncs, done - 1, side="right"))
-        out.append(
-            {
-                "step": int(done),
-                "seconds": round(nanos / 1e9, 6),
-                "accuracy": scores["accuracy"],
-                "loss": scores["loss"],
-                "syncs": n_syncs,
-                "bytes_per_worker": float(cumulative[n_syncs - 1]) if n_syncs else 0.0,
-            }
-        )
-    return out, split
-
-
-def _time_to_accuracy(evaluations: list[dict], target: float | None) -> dict:
-    if target is None:
-        return {}
-    hit = next((e for e in evaluations if e["accuracy"] >= target), None)
-    return {
-        "target_accuracy": target,
-        "time_to_accuracy_step": None if hit is None else hit["step"],
-        "time_to_accuracy_seconds": None if hit is None else hit["seconds"],
-        "time_to_accuracy_bytes_per_worker": None if hit is None else hit["bytes_per_worker"],
-    }
-
-
-def run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done) -> dict:
-    """The partition, communication, timing and evaluation keys of metrics.json."""
+def run_accounting(cfg, combiner, optimizer, model, data, spec, done, history: list) -> dict:
+    """The partition, communication, timing and evaluation keys of metrics.json (the
+    evaluations are ``history``'s scored rows: run/evaluation.py)."""
     workers = len(data.shards)  # every node's under dist=mpi
     comm, syncs, cumulative = _communication(
         combiner.exchange,
@@ -153,9 +75,8 @@ def run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done) -> 
         spec.start_step,
         spec.total_steps,
     )
-    evaluations, split = _evaluations(arena, model, data, syncs, cumulative)
     partition = cfg.get("partition") or {"_target_": "iid"}
-    target = cfg.get("target_accuracy")
+    target = cfg.eval.target_accuracy
     return {
         "partition": str(partition["_target_"]).rsplit(".", 1)[-1],
         "partition_options": {str(k): v for k, v in partition.items() if k != "_target_"},
@@ -165,7 +86,5 @@ def run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done) -> 
         ),
         **comm,
         **_timing(done),
-        "eval_split": split,
-        "evaluations": evaluations,
-        **_time_to_accuracy(evaluations, None if target is None else float(target)),
+        **evaluations(history, spec.start_step, syncs, cumulative, target),
     }

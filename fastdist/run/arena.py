@@ -15,7 +15,6 @@ from fastdist.engine.rows import segment_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
-from fastdist.run.accounting import eval_arrays
 from fastdist.run.placement import Placement, RunPlan
 from fastdist.run.preparation import init_seed, shared_data_bytes, validation_rows
 
@@ -61,10 +60,9 @@ def arena_arrays(
         arrays["grad_norm_parts"] = ((place.workers, 8), np.float64)
     if place.mpi:  # the node's workers and its coordinator meet here at every sync
         arrays["node_barrier"] = (barrier_shape(place.workers + 1), np.int64)
-    if plan.eval_every:  # run/history.py: the rows as they stood at an evaluation step
+    if plan.eval_every:  # run/evaluation.py: the rows to score at an evaluation step
         arrays["snapshots"] = arrays["params"]
     arrays.update(exchange.arrays(workers, size, n_state))
-    arrays.update(eval_arrays(plan.sync_eval_every, plan.total_steps, size, combiner.sync))
     return arrays
 
 

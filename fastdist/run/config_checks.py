@@ -47,18 +47,20 @@ def validate(cfg) -> None:
     need(int(cfg.max_respawns) >= 0, f"max_respawns must be >= 0, got {cfg.max_respawns}")
     history = cfg.history
     need(int(history.every) >= 1, f"history.every must be >= 1, got {history.every}")
-    eval_every = history.eval_every
+    evals = cfg.eval
     need(
-        eval_every is None or int(eval_every) >= 0,
-        f"history.eval_every must be >= 0, got {eval_every}",
+        evals.every is None or int(evals.every) >= 0, f"eval.every must be >= 0, got {evals.every}"
+    )
+    target = evals.target_accuracy
+    need(
+        target is None or 0.0 <= float(target) <= 1.0,
+        f"eval.target_accuracy must be in [0, 1], got {target}",
     )
     timeout = cfg.worker_timeout
     need(
         timeout is None or float(timeout) > 0,
         f"worker_timeout must be > 0 seconds or null, got {timeout}",
     )
-    every = cfg.eval_every
-    need(every is None or int(every) >= 1, f"eval_every must be >= 1 or null, got {every}")
     check_dataset_config(cfg.dataset)
     reference = cfg.combiner.get("reference") if hasattr(cfg.combiner, "get") else None
     need(

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from fastdist.run.evaluation import EvalConfig
 from fastdist.run.history import HistoryConfig
 from fastdist.run.progress import ProgressMode
 
@@ -86,11 +87,6 @@ class FastdistConfig:
     # accuracy (greedy soup). 0 = none; such a combiner then takes 0.1 and says so.
     validation_fraction: float = 0.0
     diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
-    # Periodic evaluation (the model after the first sync at or past every eval_every
-    # steps, scored after training; see fastdist.run.accounting) and the accuracy whose
-    # first crossing metrics.json reports as time-to-accuracy.
-    eval_every: int | None = None
-    target_accuracy: float | None = None
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
@@ -111,6 +107,9 @@ class FastdistConfig:
     verbose: bool = False  # also log every history row
     quiet: bool = False  # warnings and errors only; no display
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    # Scoring the combined model during training (fastdist.run.evaluation): how often,
+    # whether at sync points, and the accuracy whose first crossing metrics.json reports.
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: Any = MISSING
     pool: PoolConfig = field(default_factory=PoolConfig)
     combiner: Any = MISSING

@@ -133,7 +133,8 @@ def train(cfg) -> RunResult:
                 int(cfg.seed),
                 bool(cfg.diagnostics),
             )
-            metrics.update(run_accounting(cfg, arena, combiner, optimizer, model, data, spec, done))
+            rows = progress.history.rows if progress.history is not None else []
+            metrics.update(run_accounting(cfg, combiner, optimizer, model, data, spec, done, rows))
     # 6. Cleaned up: the pool is gone, the arena unlinked (also on any error above).
     metrics.update(
         run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
@@ -206,8 +207,8 @@ def _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, p
         hierarchical=place.mpi,
         rank_offset=place.first_worker,
         history_every=plan.history_every,
-        sync_eval_every=plan.sync_eval_every,
         eval_every=plan.eval_every,
+        eval_at_sync=plan.eval_at_sync,
     )
 
 

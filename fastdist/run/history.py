@@ -1,11 +1,13 @@
 """The run's history: train loss every ``history.every`` steps and, every
-``history.eval_every`` steps, the combined model's validation and test scores.
+``eval.every`` steps, the combined model's validation and test scores (the one
+evaluation pipeline: :mod:`fastdist.run.evaluation`).
 
 How the current combined model is evaluated, cheaply and consistently:
 
-* At an evaluation step each worker copies the parameter row it owns (the one shared
-  row, under grad_avg and Hogwild, is copied by worker 0) into its own row of the
-  arena's ``snapshots`` array, right after finishing that step, and tells the
+* At an evaluation step each worker copies the row its exchange names
+  (``Exchange.evaluated_row``: the parameter row it owns; the one shared row, under
+  grad_avg and Hogwild, copied by worker 0; a round's server model) into its own row of
+  the arena's ``snapshots`` array, right after finishing that step, and tells the
   coordinator. No extra barrier is needed: a worker's row is only written by others
   inside a sync point, which completes before the row's owner passes it, so the copy
   is the row exactly as it stands after that step (under Hogwild the shared row is, as
@@ -19,8 +21,9 @@ How the current combined model is evaluated, cheaply and consistently:
   the CPUs the workers spin on: scored during training, once per epoch on digits made
   the run 10x slower on 2 cores. The snapshots are held in memory (up to 256 MiB, then
   scored at once). Combiners whose finalize is costly (fisher_avg, aligned_avg,
-  soup_greedy) cost that much per evaluation: raise ``history.eval_every``.
-  Under dist=mpi the rows live on several machines, so only the train loss is recorded.
+  soup_greedy) cost that much per evaluation: raise ``eval.every``.
+  Under dist=mpi the rows live on several machines: only ``eval.at_sync`` scores there
+  (right after a sync every node holds the model the workers agree on).
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastdist.combiners.base import Combiner, FinalizeInputs
-from fastdist.combiners.evaluate import evaluate
 from fastdist.combiners.exchange import Exchange, communication_bytes
 from fastdist.optim.base import Optimizer
 
@@ -44,7 +45,6 @@ __all__ = [
     "HistoryConfig",
     "StepReporter",
     "bytes_per_sync",
-    "combined_scorer",
     "learning_rate",
 ]
 
@@ -76,8 +76,6 @@ _WRITTEN, _TAKEN = 1, 2
 @dataclass
 class HistoryConfig:
     every: int = 10  # steps between rows of the history (train loss, lr, samples/s)
-    # steps between evaluations of the combined model; null = once per epoch, 0 = never
-    eval_every: int | None = None
 
 
 def learning_rate(optimizer: Optimizer, step: int, rates=None) -> float:
@@ -103,13 +101,29 @@ class StepReporter:
     def __init__(self, ctx, spec, arena, params: np.ndarray) -> None:
         self.ctx, self.total = ctx, spec.total_steps
         self.every, self.eval_every = spec.history_every, spec.eval_every
+        self.exchange, self.at_sync = spec.exchange, spec.eval_at_sync
+        # The first evaluation due (eval.at_sync: the first sync at or past it).
+        every = self.eval_every
+        self.due = (spec.start_step // every + 1) * every if every else 0
         shared = spec.exchange.shares_parameters
         owns_row = ctx.rank == 0 or not shared
-        self.params = params if (self.eval_every and owns_row) else None
-        if self.params is not None:
+        self.params = None
+        if self.eval_every and owns_row:
+            self.params = spec.exchange.evaluated_row(arena, params)
             self.snapshot = arena["snapshots"][0 if shared else ctx.rank]
             self.flags = arena["progress"][ctx.rank]
         self.loss_sum, self.seen = 0.0, 0
+
+    def _evaluates(self, step: int) -> bool:
+        """Whether the model after ``step`` steps is scored (see run/evaluation.py)."""
+        if not self.eval_every:
+            return False
+        if not self.at_sync:
+            return step % self.eval_every == 0 or step == self.total
+        if step < self.due or not self.exchange.sync_at(step - 1, self.total):
+            return False
+        self.due = (step // self.eval_every + 1) * self.eval_every
+        return True
 
     def after_step(self, step: int, loss: float, batch: int) -> None:
         """Called with the number of steps done (``step``) after each one."""
@@ -117,7 +131,7 @@ class StepReporter:
             return
         self.loss_sum += loss * batch
         self.seen += batch
-        evaluate_now = bool(self.eval_every) and (step % self.eval_every == 0 or step == self.total)
+        evaluate_now = self._evaluates(step)
         if not (step % self.every == 0 or step == self.total or evaluate_now):
             return
         snapshot = evaluate_now and self.params is not None
@@ -130,26 +144,6 @@ class StepReporter:
         payload.update(time=time.monotonic(), evaluate=evaluate_now, snapshot=snapshot)
         self.ctx.send("step", payload)
         self.loss_sum, self.seen = 0.0, 0
-
-
-def combined_scorer(combiner: Combiner, model, data, seed: int) -> Callable:
-    """``score(rows, samples_seen) -> {val_/test_ loss/accuracy}`` of the combiner's
-    finalize applied to parameter rows (see the module docstring)."""
-
-    def score(rows: np.ndarray, samples_seen: np.ndarray) -> dict:
-        inputs = FinalizeInputs(
-            rows, model, samples_seen, data.shard_arrays(), data.validation, seed
-        )
-        combined = combiner.finalize(inputs)
-        out = {}
-        if data.validation is not None:
-            val = evaluate(combined, model, *data.validation)
-            out.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        test = evaluate(combined, model, data.dataset.x_test, data.dataset.y_test)
-        out.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
-        return out
-
-    return score
 
 
 class History:

@@ -56,8 +56,8 @@ class RunPlan:
     shards: tuple
     steps_per_epoch: int
     history_every: int
-    eval_every: int  # history: steps between scores of the combined model (0 = never)
-    sync_eval_every: int | None  # accounting: snapshots after syncs (None = never)
+    eval_every: int  # steps between scores of the combined model (0 = never)
+    eval_at_sync: bool  # ... at the first sync at or past each of them
 
 
 def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) -> RunPlan:
@@ -68,7 +68,6 @@ def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) 
     rates = LearningRate(optimizer.lr, scale, lr_schedule, total_steps)
     rows, shards = place.node_rows(data.shards)
     steps_per_epoch, history_every, eval_every = history_plan(cfg, shards, batch, place.mpi)
-    sync_eval_every = None if cfg.eval_every is None else int(cfg.eval_every)
     return RunPlan(
         batch,
         total_steps,
@@ -78,5 +77,5 @@ def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) 
         steps_per_epoch,
         history_every,
         eval_every,
-        sync_eval_every,
+        bool(cfg.eval.at_sync),
     )

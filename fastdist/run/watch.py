@@ -4,7 +4,8 @@ handler (epoch lines + history + display) the coordinator hands to the pool."""
 from __future__ import annotations
 
 from fastdist.run.config_schema import enum_value
-from fastdist.run.history import COLUMNS, History, bytes_per_sync, combined_scorer, learning_rate
+from fastdist.run.evaluation import combined_scorer
+from fastdist.run.history import COLUMNS, History, bytes_per_sync, learning_rate
 from fastdist.run.loggers import make_sinks
 from fastdist.run.progress import EpochLog, make_display
 
@@ -35,13 +36,13 @@ def multirun_job() -> int | None:
 
 def history_plan(cfg, shards, batch: int, mpi: bool) -> tuple[int, int, int]:
     """(steps per epoch, steps between history rows, steps between evaluations; 0 =
-    never). An evaluation needs every parameter row on this machine: none under MPI."""
+    never). An evaluation needs the model on this machine: under MPI only right after a
+    sync (``eval.at_sync``), when every node holds the model the workers agree on."""
     steps_per_epoch = max(min(hi - lo for lo, hi in shards) // batch, 1)
-    history = cfg.history
-    every = int(history.every)
-    eval_every = history.eval_every
+    every = int(cfg.history.every)
+    eval_every = cfg.eval.every
     eval_every = steps_per_epoch if eval_every is None else int(eval_every)
-    if mpi or not every:
+    if (mpi and not cfg.eval.at_sync) or not every:
         eval_every = 0
     return steps_per_epoch, every, eval_every
 

@@ -31,7 +31,6 @@ from fastdist.models.base import Model
 from fastdist.optim.base import Optimizer
 from fastdist.optim.clipping import GlobalNormClip
 from fastdist.optim.schedules import LearningRate
-from fastdist.run.accounting import Snapshots
 from fastdist.run.history import StepReporter
 from fastdist.run.node_sync import NodeSync
 
@@ -64,16 +63,14 @@ class WorkerSpec:
     rank_offset: int = 0
     # Every global worker's shard size (weights of a federated mean; dist=mpi: all nodes').
     shard_sizes: tuple[int, ...] = ()
-    # run/history.py: a step report every history_every steps, and a parameter
-    # snapshot every eval_every steps (0 = never).
+    # run/history.py: a step report every history_every steps, and a snapshot of the
+    # model to score every eval_every steps (0 = never; eval_at_sync: at the first sync
+    # at or past each of them; run/evaluation.py).
     history_every: int = 0
     eval_every: int = 0
+    eval_at_sync: bool = False
     # The rate of each global step (schedule x lr_scaling); None: optimizer.lr throughout.
     rates: LearningRate | None = None
-    # Periodic evaluation of federated/synced runs (fastdist.run.accounting): worker 0
-    # copies the model into the arena after the first sync at or past every
-    # ``sync_eval_every`` steps; the coordinator scores the copies after training.
-    sync_eval_every: int | None = None
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -123,7 +120,6 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
         spec.shard_sizes,
     )  # fmt: skip
     worker_exchange = exchange.worker(view)
-    snapshots = Snapshots(arena, spec.sync_eval_every, exchange, spec) if rank == 0 else None
     round_state = {name: arena[name] for name in exchange.checkpointed if name in arena}
     sync_seconds, computed = 0.0, 0  # time between a sync's barriers; batches computed
     # Steps done, readable by the coordinator even if this process dies.
@@ -184,8 +180,6 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
                 worker_exchange.sync(step, lr)
             if exchange.kind is not Sync.NONE:
                 sync_seconds += time.perf_counter() - synced
-            if snapshots is not None:
-                snapshots.maybe_take(step, start)
             if first_step_done is None:
                 first_step_done = time.monotonic()
             loss_sum += loss * batch
