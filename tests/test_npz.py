@@ -133,6 +133,31 @@ def test_a_member_that_is_not_an_npy_array(tmp_path):
     _refused(path, "magic string", required=["a"])
 
 
+def _damaged_header() -> bytes:
+    """An .npy member whose header's dict literal is broken where NumPy, failing
+    ast.literal_eval, re-tokenizes it (found by the fuzz: a TokenError traceback)."""
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': (10, 28, 28s, }"
+    header = (text + " " * (63 - len(text) % 64) + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 16
+
+
+def test_a_damaged_header_is_refused_in_one_line(tmp_path):
+    path = _zip(tmp_path / "damaged.npz", {"a.npy": _damaged_header()})
+    with pytest.raises(NpzError):
+        read_npz(path, ["a"])
+    import fastdist
+    from fastdist.data.datasets import load_dataset
+    from fastdist.data.npy_files import declared_shape
+
+    npy = tmp_path / "x.npy"
+    npy.write_bytes(_damaged_header())
+    files = [f"dataset.{key}={npy}" for key in ("x_train", "y_train", "x_test", "y_test")]
+    cfg = fastdist.compose(["dataset=npy", *files]).dataset
+    assert declared_shape(cfg, "x_train") is None
+    with pytest.raises(ConfigError, match="not a readable .npy array"):
+        load_dataset(cfg)
+
+
 def _forged(shape, dtype="<f4", data=b"\0" * 16) -> bytes:
     """An .npy member whose header declares ``shape`` but which holds ``data``."""
     buf = io.BytesIO()

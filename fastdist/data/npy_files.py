@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdist.data.base import Dataset
-from fastdist.data.npz import npy_header
+from fastdist.data.npz import HEADER_ERRORS, npy_header
 from fastdist.data.paths import absolute_path
 from fastdist.engine.files import regular_file
 from fastdist.errors import ConfigError
@@ -56,8 +56,8 @@ def _map(path, key: str) -> np.ndarray:
         raise ConfigError(f"dataset.{key}: no such file {full}")
     try:
         return np.load(full, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        detail = " ".join(str(exc).split())[:200]
+    except HEADER_ERRORS as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ConfigError(
             f"dataset.{key}: {full} is not a readable .npy array ({detail})"
         ) from None
@@ -76,7 +76,7 @@ def declared_shape(cfg, key: str) -> tuple[int, ...] | None:
         with open(regular_file(absolute_path(path)), "rb") as fh:
             shape, dtype = npy_header(fh, key)
             data_start, size = fh.tell(), os.fstat(fh.fileno()).st_size
-    except (OSError, ValueError, EOFError):
+    except HEADER_ERRORS:
         return None
     declared = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
     fits = min(shape, default=0) >= 0 and declared <= size - data_start

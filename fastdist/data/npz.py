@@ -18,6 +18,7 @@ own wording: they catch :class:`NpzError` (``detail``) and :class:`MissingArrays
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -29,16 +30,18 @@ from fastdist.engine.files import NotARegularFile, regular_file
 from fastdist.engine.memory import available_ram_bytes, human_bytes
 from fastdist.errors import ConfigError
 
-__all__ = ["MissingArrays", "NpzError", "checker", "npy_header", "read_npz"]
+__all__ = ["HEADER_ERRORS", "MissingArrays", "NpzError", "checker", "npy_header", "read_npz"]
 
 # What zipfile, zlib and numpy.lib.format raise on a damaged archive or member.
 # RuntimeError: an encrypted member, and (its subclass NotImplementedError) an unknown
 # compression method; MemoryError: a member larger than the memory (after the checks
 # below, only if the memory went elsewhere meanwhile).
+# What NumPy's .npy header reader raises on a damaged header: its dict literal goes
+# through ast.literal_eval and, failing that, a tokenize pass (SyntaxError, TokenError;
+# found by the fuzz: ``'shape': (10, 28, 28s, }``).
+HEADER_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
 _UNREADABLE = (
-    OSError,
-    ValueError,
-    EOFError,
+    *HEADER_ERRORS,
     KeyError,
     zlib.error,
     zipfile.BadZipFile,
