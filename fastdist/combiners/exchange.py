@@ -122,7 +122,9 @@ class WorkerExchange:
         self.view.own_update(step, lr)
 
     def sync(self, step: int, lr: float) -> None:
-        """At a sync point (every worker calls it, training or not)."""
+        """At a sync point (every worker calls it, training or not). A sync of an
+        exchange that ``meets`` calls ``view.meet()`` exactly once, first: under
+        dist=mpi the node coordinator waits there for every sync ``sync_at`` names."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,9 @@ class Exchange:
         return WorkerExchange(view)
 
 
-def communication_bytes(exchange: Exchange, workers: int, size: int, n_state: int) -> int:
-    """Bytes one taking-part worker would send over a network per sync (float32)."""
+def communication_bytes(exchange: Exchange, size: int, n_state: int) -> int:
+    """Bytes one taking-part worker would send over a network per sync (float32
+    vectors of ``size`` parameters; ``n_state`` optimizer-state vectors)."""
     return exchange.vectors_per_sync(n_state) * 4 * size
 
 

@@ -34,7 +34,7 @@ def sync_steps(exchange: Exchange, start: int, total: int) -> np.ndarray:
 def _communication(exchange: Exchange, n_state, size, workers, start, total):
     """(metrics, steps of the syncs, mean bytes per worker after each of them)."""
     syncs = sync_steps(exchange, start, total)
-    payload = communication_bytes(exchange, workers, size, n_state)
+    payload = communication_bytes(exchange, size, n_state)
     taking_part = exchange.participants(workers)
     per_worker = payload * taking_part / workers  # mean over workers, per sync
     cumulative = per_worker * np.arange(1, len(syncs) + 1)

@@ -90,7 +90,7 @@ def bytes_per_sync(exchange: Exchange, workers: int, n_params: int, n_state: int
     """Bytes the workers taking part in one sync would send together (the combiner's
     own count, :func:`fastdist.combiners.exchange.communication_bytes`, the same as
     metrics.json's ``comm_*`` keys)."""
-    per_worker = communication_bytes(exchange, workers, n_params, n_state)
+    per_worker = communication_bytes(exchange, n_params, n_state)
     return per_worker * exchange.participants(workers)
 
 

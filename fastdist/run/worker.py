@@ -115,9 +115,10 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
         clip = GlobalNormClip(opt.clip_norm, arena["grad_norm_parts"], rank, ctx.barrier)
     meet = NodeSync(arena, rank).meet if spec.hierarchical else ctx.barrier.wait
     view = ExchangeView(
-        arena, row, grads.shape[0], my_lo, my_hi, opt, params, state, grad, param_rows,
-        state_rows, grads, meet, ctx.barrier, clip, spec.seed, spec.total_steps,
-        spec.shard_sizes,
+        arena=arena, rank=row, workers=grads.shape[0], lo=my_lo, hi=my_hi, optimizer=opt,
+        params=params, state=state, grad=grad, param_rows=param_rows, state_rows=state_rows,
+        grads=grads, meet=meet, barrier=ctx.barrier, clip=clip, seed=spec.seed,
+        total_steps=spec.total_steps, shard_sizes=spec.shard_sizes,
     )  # fmt: skip
     worker_exchange = exchange.worker(view)
     round_state = {name: arena[name] for name in exchange.checkpointed if name in arena}
