@@ -51,6 +51,7 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
     """The handler of the workers' messages for this run (``EpochLog``)."""
     quiet = bool(cfg.quiet) or place.node != 0
     history = None
+    scores = bool(spec.eval_every) and place.node == 0
     if spec.history_every:
         history = History(
             workers=place.workers,
@@ -65,7 +66,8 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
                 model.layout.size,
                 len(optimizer.state_names),
             ),
-            score=combined_scorer(combiner, model, data, spec.seed) if spec.eval_every else None,
+            # Only rank 0 reports (dist=mpi): the other ranks score nothing.
+            score=combined_scorer(combiner, model, data, spec.seed) if scores else None,
             arena=arena,
             # MPI ranks > 0 record nothing: rank 0 writes the run's files.
             sinks=make_sinks(cfg.logger, run_dir(), COLUMNS) if place.node == 0 else [],
