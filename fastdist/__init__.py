@@ -15,6 +15,8 @@ _PUBLIC = {
     "train": "fastdist.run.api",
     "RunResult": "fastdist.run.coordinator",
     "compose": "fastdist.run.config",
+    "load": "fastdist.run.saved_model",
+    "SavedModel": "fastdist.run.saved_model",
     "FastdistConfig": "fastdist.run.config_schema",
     "HistoryConfig": "fastdist.run.history",
     "LoggerConfig": "fastdist.run.loggers",

@@ -133,6 +133,8 @@ def _job(cfg: DictConfig) -> float:
             split_hash(cfg),
         )
         log.info("worker states of %s written to %s", combiner, saved)
+    if cfg.save_model:
+        log.info("combined model written to %s", result.save(out_dir))
     _raise_if_signalled()
     path = write_metrics(result.metrics, out_dir)
     log.info("metrics written to %s", path)

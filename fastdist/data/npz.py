@@ -84,14 +84,16 @@ def read_npz(
     required: Iterable[str] = (),
     optional: Callable[[str], bool] | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays ``required`` (all must be there) and any other whose name ``optional``
     accepts, read from the .npz file at ``path``. Names are NumPy's (``x`` is the member
     ``x`` or ``x.npy``); members not asked for are never read. ``shapes`` names the
     shape the caller expects of some arrays: a member whose header declares another is
     refused before a byte of it is inflated (a deflated member may declare a thousand
-    times its size). Raises :class:`MissingArrays` or :class:`NpzError`, never
-    anything else."""
+    times its size). ``max_bytes`` bounds what the arrays asked for may declare in all
+    (small fields of a file: a text scalar's dtype may declare gigabytes). Raises
+    :class:`MissingArrays` or :class:`NpzError`, never anything else."""
     path = Path(path)
     required = tuple(required)
     try:
@@ -106,7 +108,10 @@ def read_npz(
             declared = (
                 _declared_bytes(path, k, archive, i, expected.get(k)) for k, i in infos.items()
             )
-            _check_room(path, sum(declared))
+            total = sum(declared)
+            if max_bytes is not None and total > max_bytes:
+                raise NpzError(path, f"its arrays declare {total} bytes, over {max_bytes}")
+            _check_room(path, total)
             return {key: _read(archive, info) for key, info in infos.items()}
     except NpzError:
         raise

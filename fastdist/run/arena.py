@@ -66,11 +66,15 @@ def arena_arrays(
     return arrays
 
 
-def fill_arena(arena, model, combiner, seed: int, place: Placement) -> None:
-    """Each parameter row's initialisation (the training rows are in the data's store),
-    then the exchange's own arrays."""
+def fill_arena(arena, model, combiner, seed: int, base: np.ndarray | None = None) -> None:
+    """Each parameter row's initialisation (the training rows are in the data's store):
+    ``base`` (init_from: a saved model) for every row, else the model's own; then the
+    exchange's own arrays."""
     for row in range(arena["params"].shape[0]):
-        model.init(init_seed(seed, row, combiner.init), out=arena["params"][row])
+        if base is None:
+            model.init(init_seed(seed, row, combiner.init), out=arena["params"][row])
+        else:
+            arena["params"][row] = base
     combiner.exchange.init_arena(arena)
 
 

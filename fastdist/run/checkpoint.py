@@ -61,6 +61,8 @@ def settings_hash(cfg, keys: tuple[str, ...]) -> str:
     partition = plain.get("partition")
     if partition and not str(partition.get("_target_", "")).endswith(".iid"):
         node["partition"] = partition
+    if plain.get("init_from"):  # where the workers started (absent: hashes stay valid)
+        node["init_from"] = plain["init_from"]
     text = OmegaConf.to_yaml(OmegaConf.create(node))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

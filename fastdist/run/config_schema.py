@@ -88,6 +88,10 @@ class FastdistConfig:
     validation_fraction: float = 0.0
     diagnostics: bool = True  # divergence, interpolation barrier, per-member accuracy
     save_states: bool = False  # write worker_states.npz for `fastdist-combine`
+    save_model: bool = False  # write model.npz: the combined model (fastdist.load, init_from)
+    init_from: str | None = (
+        None  # a saved model.npz (or its run directory): every worker starts from it
+    )
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # a checkpoint.npz to continue from
     on_worker_failure: FailurePolicy = FailurePolicy["fail"]

@@ -11,8 +11,10 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from fastdist.combiners.base import CombinedModel, Combiner
 from fastdist.combiners.evaluate import predict_proba, preload_host_kernel
@@ -35,6 +37,7 @@ from fastdist.run.preparation import prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.prestart import check_job
 from fastdist.run.records import build_model
+from fastdist.run.saved_model import locate, read_base, save_model
 from fastdist.run.supervision import supervise
 from fastdist.run.watch import watch
 from fastdist.run.worker import WorkerSpec
@@ -58,6 +61,15 @@ class RunResult:
     sync: str = "none"
     combined: CombinedModel | None = None
     history: list[dict] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+    model_config: dict = field(default_factory=dict)  # the model record's config
+
+    def save(self, path) -> Path:
+        """Write the combined model to ``path`` (a file, or a directory: its
+        model.npz), for ``fastdist.load`` and ``init_from``; returns the file."""
+        if self.combined is None:
+            raise ValueError("this result holds no combined model (an MPI rank > 0)")
+        return save_model(path, self.combined, self.model, self.model_config, self.input_shape)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities of the combined model, shape (n, classes), for rows
@@ -91,6 +103,7 @@ def train(cfg) -> RunResult:
         model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
         if combiner.check_model is not None:
             combiner.check_model(model)
+        base = read_base(cfg.init_from, model) if cfg.init_from else None
         plan = plan_run(cfg, data, place, optimizer, lr_schedule)
         # 2. One shared-memory arena: parameters, optimizer state, gradients.
         arrays = arena_arrays(model, optimizer, combiner, place, plan)
@@ -98,7 +111,7 @@ def train(cfg) -> RunResult:
         backend = enum_value(cfg.backend.name)
         model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
         with SharedArena.create(arrays) as arena:
-            fill_arena(arena, model, combiner, int(cfg.seed), place)
+            fill_arena(arena, model, combiner, int(cfg.seed), base)
             start_step = resume_into(cfg, arena, combiner, saving.resumed, plan.total_steps)
             spec = _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan)
             spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
@@ -155,6 +168,8 @@ def train(cfg) -> RunResult:
         combiner.sync.value,
         combined,
         history,
+        tuple(data.dataset.input_shape),
+        OmegaConf.to_container(cfg.model, resolve=True),
     )
 
 
@@ -184,6 +199,8 @@ def _check_files(cfg, fraction: float) -> _Saving:
     if path:
         check_checkpoint_path(path)
     resumed = read_checkpoint(cfg.resume, digest) if cfg.resume else None
+    if cfg.init_from:
+        locate(cfg.init_from, "init_from")  # read in full once the model is built
     check_data_memory(cfg, fraction)
     return _Saving(digest, every, path, resumed)
 
