@@ -221,4 +221,4 @@ def test_overrides_too_large_to_be_a_runs_are_refused_unread(run, capsys):
     path = run / ".hydra" / "overrides.yaml"
     path.write_text("- seed=0\n" * 200_000)
     code, err = _combine(run, capsys)
-    _one_line_exit_2(code, err, "over 1048576 bytes")
+    _one_line_exit_2(code, err, "over the limit of 65536")

@@ -30,9 +30,6 @@ from fastdist.errors import ConfigError, FastdistError
 
 __all__ = ["main", "combine_saved"]
 
-# A run's overrides are a few hundred bytes; anything near this is not one.
-_MAX_OVERRIDES_BYTES = 1 << 20
-
 
 def combine_saved(
     run_dir: str | Path,
@@ -126,22 +123,16 @@ def _check_factory_named(cfg, user_keys: frozenset[str]) -> None:
 
 
 def _read_overrides(path: Path) -> list[str]:
-    """``.hydra/overrides.yaml``: a YAML list of strings, or a one-line error. Read as
-    plain YAML (OmegaConf would resolve ``${...}`` in it as its items are read)."""
-    import yaml
-
-    from fastdist.engine.files import regular_file
+    """``.hydra/overrides.yaml``: a bounded list of printable ``key=value`` strings, or a
+    one-line error (the one reader of a run's overrides, :mod:`.run_overrides`: plain
+    YAML, never interpolated; OmegaConf would resolve ``${...}`` as the items are read)."""
+    from fastdist.cli.run_overrides import read_overrides
+    from fastdist.cli.run_results import BadFile
 
     try:
-        if regular_file(path).stat().st_size > _MAX_OVERRIDES_BYTES:
-            raise ConfigError(f"over {_MAX_OVERRIDES_BYTES} bytes")
-        loaded = yaml.safe_load(path.read_text())
-    except Exception as exc:  # YAML syntax, encoding, a FIFO, its size: all one answer
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ConfigError(f"{path}: not a valid overrides file ({detail})") from None
-    if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
-        raise ConfigError(f"{path}: not a valid overrides file (expected a list of key=value)")
-    return loaded
+        return list(read_overrides(path.parent.parent) or ())
+    except BadFile as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _compose_untrusted(overrides: list[str], source: Path):

@@ -1,4 +1,8 @@
-"""The PNGs of fastdist-summarize (matplotlib, from the ``experiments`` extra)."""
+"""The PNGs of fastdist-summarize (matplotlib, from the ``experiments`` extra).
+
+The runs come one per seed with their cell's ``setting`` (the overrides that tell it
+from the others, plain text): a curve or bar is one combiner, init and setting, so no
+plot pools two settings either."""
 
 from __future__ import annotations
 
@@ -11,8 +15,13 @@ from fastdist.engine.files import replacing
 __all__ = ["write_plots"]
 
 
-def _label(combiner: str, init: str) -> str:
-    return combiner if init == "shared" else f"{combiner} ({init})"
+_CELL = ("combiner", "init", "setting")
+
+
+def _label(combiner: str, init: str, setting: str = "") -> str:
+    label = combiner if init == "shared" else f"{combiner} ({init})"
+    label = f"{label} {setting}" if setting else label
+    return label.replace("$", r"\$")  # matplotlib would parse "$...$" as mathtext
 
 
 def _grouped(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -48,7 +57,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     for ax, dataset in zip(axes[0], datasets):
         sub = [r for r in runs if r["dataset"] == dataset]
         top = max(r["workers"] for r in sub)
-        cells = _grouped([r for r in sub if r["workers"] == top], "combiner", "init")
+        cells = _grouped([r for r in sub if r["workers"] == top], *_CELL)
         summaries = [describe([r["test_accuracy"] for r in g]) for g in cells.values()]
         ax.bar(
             range(len(cells)),
@@ -56,7 +65,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
             yerr=[0 if s.n < 2 else s.half_width for s in summaries],
             capsize=3,
         )
-        labels = [_label(c, i).replace(" (", "\n(") for c, i in cells]
+        labels = [_label(*cell).replace(" (", "\n(") for cell in cells]
         ax.set_xticks(range(len(cells)), labels, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy (95% CI)")
         ax.set_title(f"{dataset}, {top} workers")
@@ -65,7 +74,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         sub = [r for r in runs if r["dataset"] == dataset]
-        for (combiner, init), group in _grouped(sub, "combiner", "init").items():
+        for cell, group in _grouped(sub, *_CELL).items():
             by_workers = _grouped(group, "workers")
             summaries = [describe([r["test_accuracy"] for r in g]) for g in by_workers.values()]
             ax.errorbar(
@@ -74,7 +83,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
                 yerr=[0 if s.n < 2 else s.half_width for s in summaries],
                 marker="o",
                 capsize=3,
-                label=_label(combiner, init),
+                label=_label(*cell),
             )
         ax.set_xticks(sorted({r["workers"] for r in sub}))
         ax.set_xlabel("workers")
@@ -92,13 +101,13 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4), squeeze=False)
         for ax, dataset in zip(axes[0], datasets):
             sub = [r for r in with_path if r["dataset"] == dataset]
-            for (combiner, init), group in _grouped(sub, "combiner", "init").items():
+            for cell, group in _grouped(sub, *_CELL).items():
                 alpha = group[0]["interpolation"]["alpha"]
                 # Only paths over the same points can be averaged point by point.
                 same = [r["interpolation"] for r in group if r["interpolation"]["alpha"] == alpha]
                 curves = [path["test_accuracy"] for path in same]
                 mean = [sum(c[i] for c in curves) / len(curves) for i in range(len(alpha))]
-                ax.plot(alpha, mean, marker=".", label=_label(combiner, init))
+                ax.plot(alpha, mean, marker=".", label=_label(*cell))
             ax.set_xlabel("alpha (worker 0 -> worker 1)")
             ax.set_ylabel("test accuracy")
             ax.set_title(f"{dataset}: linear path between two workers")
@@ -115,17 +124,17 @@ def _learning_curves(plt, runs, datasets, out: Path, written: list[Path]) -> Non
         if not sub:
             continue
         top = max(r["workers"] for r in sub)
-        cells = _grouped([r for r in sub if r["workers"] == top], "combiner", "init")
+        cells = _grouped([r for r in sub if r["workers"] == top], *_CELL)
         for row, (column, ylabel) in enumerate(
             (("train_loss", "train loss"), ("test_accuracy", "test accuracy"))
         ):
             ax = axes[row][col]
-            for (combiner, init), group in cells.items():
+            for cell, group in cells.items():
                 steps, summaries = _curve(group, column)
                 if not steps:
                     continue
                 mean = [s.mean for s in summaries]
-                line = ax.plot(steps, mean, label=_label(combiner, init))[0]
+                line = ax.plot(steps, mean, label=_label(*cell))[0]
                 if all(s.n >= 2 for s in summaries):
                     low, high = [s.low for s in summaries], [s.high for s in summaries]
                     ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color())

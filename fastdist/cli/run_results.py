@@ -189,6 +189,31 @@ def _interpolation(path: Path, value) -> dict | None:
     return {"alpha": alpha, "test_accuracy": accuracy}
 
 
+def _final_validation(path: Path, metrics: dict) -> float | None:
+    """The validation accuracy of the model the run ended with: the last evaluation at
+    the run's final step (``steps``), when the run evaluated on a validation split. An
+    earlier evaluation scores another model, so it is no final score: None then."""
+    if metrics.get("eval_split") != "validation":
+        return None
+    evaluations = metrics.get("evaluations")
+    if not isinstance(evaluations, list) or not all(isinstance(e, dict) for e in evaluations):
+        raise BadFile(path, "evaluations must be a list of objects")
+    final = _integer(path, metrics, "steps", 0, 1 << 62)
+    at_end = [e for e in evaluations if type(e.get("step")) is int and e["step"] == final]
+    return _number(path, at_end[-1], "accuracy") if at_end else None
+
+
+def _time_to_accuracy(path: Path, metrics: dict) -> dict:
+    """``time_to_accuracy_step`` (None: never reached) and ``target_accuracy``, and
+    whether the run tracked a target at all (the key is absent when it did not)."""
+    tracked = "time_to_accuracy_step" in metrics
+    step = metrics.get("time_to_accuracy_step")
+    if step is not None:
+        step = _integer(path, metrics, "time_to_accuracy_step", 0, 1 << 62)
+    target = _number(path, metrics, "target_accuracy")
+    return {"tracks_target": tracked, "time_to_accuracy_step": step, "target_accuracy": target}
+
+
 def read_metrics(path: Path) -> dict:
     """The fields of ``metrics.json`` that summarize uses, each checked."""
     metrics = _json_object(path)
@@ -202,6 +227,8 @@ def read_metrics(path: Path) -> dict:
         "test_loss": _number(path, metrics, "test_loss"),
         "samples_per_second": _number(path, metrics, "samples_per_second"),
         "interpolation": _interpolation(path, metrics.get("interpolation")),
+        "validation_accuracy": _final_validation(path, metrics),
+        **_time_to_accuracy(path, metrics),
     }
 
 

@@ -1,5 +1,7 @@
 """Statistics over seeds for fastdist-summarize: sample std (ddof=1), 95% t-intervals,
-paired differences over matched seeds. Plain Python and SciPy (a core dependency)."""
+paired t-tests over matched seeds, Holm's correction across a table's comparisons, an
+equivalence test (TOST) and the median of a censored time-to-accuracy. Plain Python
+and SciPy (a core dependency)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,19 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-__all__ = ["Summary", "describe", "paired_differences"]
+__all__ = [
+    "ALPHA",
+    "Paired",
+    "Summary",
+    "censored_median",
+    "describe",
+    "holm",
+    "matched_differences",
+    "paired_differences",
+    "paired_test",
+]
+
+ALPHA = 0.05  # the level of every test and of the 95% intervals
 
 
 @dataclass(frozen=True)
@@ -34,8 +48,9 @@ class Summary:
         )
 
 
-def describe(values: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Mean, sample std and the t-interval of the mean of ``values``."""
+def describe(values: Sequence[float | None], confidence: float = 0.95) -> Summary:
+    """Mean, sample std and the t-interval of the mean of ``values`` (None and NaN are
+    left out: ``n`` counts the values used)."""
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     n = len(xs)
     if n == 0:
@@ -48,9 +63,84 @@ def describe(values: Sequence[float], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
+def matched_differences(
+    candidate: dict[int, float | None], baseline: dict[int, float | None]
+) -> tuple[list[float], list[int]]:
+    """``candidate - baseline`` seed by seed over the seeds both have a value for (seed
+    -> value; None is no value: a run whose evaluation failed), and those seeds."""
+    seeds = sorted(
+        s for s in set(candidate) & set(baseline) if None not in (candidate[s], baseline[s])
+    )
+    return [candidate[s] - baseline[s] for s in seeds], seeds
+
+
 def paired_differences(
-    candidate: dict[int, float], baseline: dict[int, float]
+    candidate: dict[int, float | None], baseline: dict[int, float | None]
 ) -> tuple[Summary, list[int]]:
-    """``candidate - baseline`` over the seeds both have (seed -> value), and those seeds."""
-    seeds = sorted(set(candidate) & set(baseline))
-    return describe([candidate[s] - baseline[s] for s in seeds]), seeds
+    """The summary of :func:`matched_differences`, and the seeds."""
+    differences, seeds = matched_differences(candidate, baseline)
+    return describe(differences), seeds
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison: the per-seed differences, the two-sided paired t-test of
+    "no difference" (``p``) and the TOST of "the difference is within ±``margin``"
+    (``tost_p``: equivalent at level ALPHA when below it). Both are nan with fewer than
+    two pairs or differences that are all equal (the t statistic is undefined)."""
+
+    diff: Summary
+    p: float
+    tost_p: float
+    margin: float
+
+    @property
+    def equivalent(self) -> bool:
+        return self.tost_p < ALPHA
+
+
+def paired_test(differences: Sequence[float], margin: float) -> Paired:
+    """The paired t-test and the TOST on the per-seed ``differences``.
+
+    The paired t-test is the one-sample t-test of the differences against 0 (what
+    scipy.stats.ttest_rel computes). TOST (Schuirmann's two one-sided tests): the
+    difference is shown to lie within ±margin when both "mean <= -margin" and "mean >=
+    +margin" are rejected; its p-value is the larger of the two one-sided p-values (the
+    same verdict as a 90% t-interval inside ±margin)."""
+    diff = describe(differences)
+    if diff.n < 2 or not diff.std > 0:
+        return Paired(diff, math.nan, math.nan, margin)
+    se, df = diff.std / math.sqrt(diff.n), diff.n - 1
+    p = 2 * float(stats.t.sf(abs(diff.mean) / se, df))
+    above_low = float(stats.t.sf((diff.mean + margin) / se, df))  # H0: mean <= -margin
+    below_high = float(stats.t.cdf((diff.mean - margin) / se, df))  # H0: mean >= +margin
+    return Paired(diff, p, max(above_low, below_high), margin)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the order given.
+
+    Sorted ascending, the i-th smallest of m p-values (i from 1) is multiplied by
+    m - i + 1, capped at 1, and made no smaller than the adjusted value before it; a
+    comparison is significant at level a after correction when its adjusted p-value is
+    below a (the family-wise error rate is at most a, whatever the dependence between
+    the tests). NaN (no test) stays NaN and is not counted in m."""
+    ranked = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def censored_median(steps: Sequence[int | None]) -> float:
+    """The median step at which runs reached a target, counting a run that never did
+    (None) as +infinity: the ceil(n/2)-th smallest step, i.e. the first step by which
+    at least half of all the runs had reached it. ``math.inf`` ("not reached") when more
+    than half never did; nan for no runs. A mean over the runs that reached the target
+    would leave out exactly the slow ones."""
+    if not steps:
+        return math.nan
+    ordered = sorted(math.inf if s is None else float(s) for s in steps)
+    return ordered[(len(ordered) + 1) // 2 - 1]
