@@ -114,6 +114,21 @@ def no_leaks():
 
 
 @pytest.fixture
+def marker(tmp_path, monkeypatch):
+    """The file a payload would create, and a module on sys.path whose ``make`` creates
+    it (what a hostile ``factory`` would name)."""
+    path = tmp_path / "pwned"
+    (tmp_path / "payload_module.py").write_text(
+        f"def make(*args, **kwargs):\n    open({str(path)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield path
+    import sys
+
+    sys.modules.pop("payload_module", None)
+
+
+@pytest.fixture
 def deadline():
     """A regression that blocks (a FIFO's open) fails the test instead of hanging it."""
     import signal

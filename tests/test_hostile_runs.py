@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -31,19 +30,6 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def run(trained, tmp_path):
     return Path(shutil.copytree(trained, tmp_path / "run"))
-
-
-@pytest.fixture
-def marker(tmp_path, monkeypatch):
-    """The file a payload would create, and a module on sys.path whose ``make`` creates
-    it (what a hostile ``factory`` would name)."""
-    path = tmp_path / "pwned"
-    (tmp_path / "payload_module.py").write_text(
-        f"def make(*args, **kwargs):\n    open({str(path)!r}, 'w').close()\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield path
-    sys.modules.pop("payload_module", None)
 
 
 def _combine(run_dir, capsys, *args):

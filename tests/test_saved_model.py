@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -118,17 +117,6 @@ def _rewrite(src: Path, dst: Path, rehash: bool = True, **changes) -> Path:
         )
     np.savez(dst, **arrays)
     return dst
-
-
-@pytest.fixture
-def marker(tmp_path, monkeypatch):
-    path = tmp_path / "pwned"
-    (tmp_path / "payload_module.py").write_text(
-        f"def make(*args, **kwargs):\n    open({str(path)!r}, 'w').close()\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield path
-    sys.modules.pop("payload_module", None)
 
 
 def _config(directory: Path) -> dict:
