@@ -158,6 +158,21 @@ def tiny_overrides():
     ]
 
 
+def edited_npz(path, **changes) -> dict:
+    """The arrays of the .npz file at ``path`` with ``changes`` applied (a value
+    replaces an array, None drops it): what someone editing the file would write."""
+    import numpy as np
+
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    return arrays
+
+
 def saved_run_dir(root, overrides: list[str]):
     """``root`` made into a run directory as ``fastdist save_states=true`` leaves it:
     the run trained in-process, its overrides and its saved worker states."""

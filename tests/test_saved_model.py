@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_run
+from conftest import edited_npz, small_run
 from test_bad_input_fuzz import run_cli
 
 import fastdist
@@ -97,13 +97,7 @@ def test_init_from_another_architecture_is_one_line_before_start_up(saved, monke
 def _rewrite(src: Path, dst: Path, rehash: bool = True, **changes) -> Path:
     """A copy of the saved model with ``changes`` (None drops a member), its content
     hash recomputed as anyone who can write the file can."""
-    with np.load(src / MODEL_FILE) as data:
-        arrays = {k: data[k] for k in data.files}
-    for key, value in changes.items():
-        if value is None:
-            arrays.pop(key)
-        else:
-            arrays[key] = value
+    arrays = edited_npz(src / MODEL_FILE, **changes)
     if rehash and "content_hash" in arrays:
         texts = {k: str(arrays[k]) for k in ("format", "model_config", "layout", "average")}
         arrays["content_hash"] = np.str_(

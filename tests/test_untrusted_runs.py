@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import saved_run_dir, small_run
+from conftest import edited_npz, saved_run_dir, small_run
 
 import fastdist
 from fastdist.cli import combine as combine_cli
@@ -42,14 +42,7 @@ def _combine(run_dir, capsys, *names):
 
 
 def _rewrite_states(run: Path, **changes):
-    with np.load(run / STATES_FILE) as data:
-        arrays = {key: data[key] for key in data.files}
-    for key, value in changes.items():
-        if value is None:
-            arrays.pop(key)
-        else:
-            arrays[key] = value
-    np.savez(run / STATES_FILE, **arrays)
+    np.savez(run / STATES_FILE, **edited_npz(run / STATES_FILE, **changes))
 
 
 def _edit_overrides(run: Path, key: str, value: str):
@@ -126,14 +119,7 @@ def _flip_a_data_byte(path: Path):
 
 
 def _rewrite_ckpt(path: Path, **changes):
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
-    for key, value in changes.items():
-        if value is None:
-            arrays.pop(key)
-        else:
-            arrays[key] = value
-    np.savez(path, **arrays)
+    np.savez(path, **edited_npz(path, **changes))
 
 
 CKPT_DAMAGE = {
