@@ -52,7 +52,7 @@ def combine_saved(
     from fastdist.run.preparation import prepare_data
     from fastdist.run.records import build_combiner, build_model
     from fastdist.run.saved_overrides import check_saved_overrides
-    from fastdist.run.states import load_states, read_settings, split_hash
+    from fastdist.run.states import load_states, read_settings
 
     run_dir = Path(run_dir)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -74,7 +74,7 @@ def combine_saved(
         validate(cfg)
         if data is None:
             _check_factory_named(cfg, user_keys)
-            _check_same_run(cfg, split_hash(cfg) == settings["split_hash"], overrides_file)
+            _check_same_run(cfg, settings["split_hash"], overrides_file)
         combiner = build_combiner(cfg.combiner, trusted=False)
         if combiner.sync is not Sync.NONE:
             raise ConfigError(
@@ -104,8 +104,10 @@ def combine_saved(
     return results
 
 
-def _check_same_run(cfg, same: bool, overrides_file: Path) -> None:
-    if not same:
+def _check_same_run(cfg, saved_hash: str, overrides_file: Path) -> None:
+    from fastdist.run.states import split_hash
+
+    if split_hash(cfg) != saved_hash:
         raise ConfigError(
             f"{overrides_file} does not match the saved states: workers, seed, "
             "validation_fraction, dataset or model were changed after training, which "
