@@ -87,6 +87,21 @@ EXTENSION = [f"hydra.searchpath=[file://{HERE / 'extensions' / 'conf'}]"]
         ("scaffold", 2, ["combiner.period=4", "combiner.participation=0.5"]),
         ("fedprox", 1, ["combiner.period=3", "combiner.weighting=samples"]),
         ("median_grad", 2, EXTENSION),  # a combiner of our own (tests/toy_records.py)
+        # Attackers act before the rows meet (gaussian) or after, from every row (alie);
+        # rules with distances sum fixed blocks, so 2 nodes x 2 workers = 4 workers.
+        ("grad_avg", 2, ["aggregate=median", "byzantine.count=1", "byzantine.attack=alie"]),
+        ("local_sgd", 2, ["aggregate=geometric_median", "compress=topk", "compress.ratio=0.2"]),
+        (
+            "fedavg",
+            2,
+            [
+                "combiner.period=3",
+                "aggregate=krum",
+                "aggregate.f=0",
+                "byzantine.count=1",
+                "byzantine.attack=gaussian",
+            ],
+        ),
     ],
 )
 def test_two_ranks_equal_one_machine_with_as_many_workers(tmp_path, combiner, per_node, extra):

@@ -28,6 +28,8 @@ def mean_of_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _average(inputs: FinalizeInputs) -> CombinedModel:
+    if inputs.reduce is not None:  # a robust rule, or attackers: not a weighted mean
+        return CombinedModel((inputs.reduce(inputs.worker_params),))
     return CombinedModel((weighted_mean_of_rows(inputs.worker_params, inputs.samples_seen),))
 
 
@@ -48,7 +50,9 @@ def grad_avg(init: str = "shared") -> Combiner:
 
 def weight_avg(init: str = "shared") -> Combiner:
     """Train independently on each shard, average the parameter vectors at the end."""
-    return Combiner("weight_avg", no_exchange(), _average, init=check_init(init))
+    return Combiner(
+        "weight_avg", no_exchange(), _average, init=check_init(init), averages_at_end=True
+    )
 
 
 def local_sgd(
@@ -79,4 +83,6 @@ def local_sgd(
         exchange = no_exchange()
     else:
         exchange = periodic_average(period, average_state=bool(average_state))
-    return Combiner("local_sgd", exchange, _average, init=check_init(init))
+    return Combiner(
+        "local_sgd", exchange, _average, init=check_init(init), averages_at_end=period is None
+    )

@@ -65,6 +65,9 @@ class FinalizeInputs:
     # combiners that select or weight members by held-out accuracy (greedy soup).
     validation: tuple[np.ndarray, np.ndarray] | None = None
     seed: int = 0
+    # One-shot averaging under a reduction (aggregate=, byzantine.*): rows -> the
+    # combined row (fastdist.combiners.reduction.one_shot_reduce); None: the mean.
+    reduce: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Combiner:
     init: str = "shared"  # "shared": every worker starts from the same parameters
     needs_validation: bool = False  # finalize uses a held-out split of the training set
     deterministic: bool = True  # False for Hogwild: racing updates depend on timing
+    # finalize averages the workers' final rows (one-shot averaging): it takes a
+    # reduction (aggregate=, byzantine.*) through FinalizeInputs.reduce.
+    averages_at_end: bool = False
     # Raises ConfigError when the model lacks what finalize needs (called before any
     # worker starts).
     check_model: Callable[[Model], None] | None = None

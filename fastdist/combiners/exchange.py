@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,26 @@ class Exchange:
     shares_state: bool = False  # ... and one optimizer-state row
     meets: bool = True  # a sync is a meeting of every worker (Hogwild's is not)
     checkpointed: tuple[str, ...] = ()  # arena arrays a checkpoint keeps, beyond the rest
+    # Compression, attackers and the aggregation rule applied to the reduced rows
+    # (fastdist.combiners.reduction.Reduction; None: the plain mean). Only exchanges
+    # that average (``reduces``) take one; set it with :meth:`with_reduction`.
+    reduction: Any = None
+    reduces: bool = False  # averages rows at a sync: takes a reduction
+
+    def with_reduction(self, reduction) -> Exchange:
+        """This exchange reducing with ``reduction`` (its arrays and checkpointed state
+        added); the exchange itself unchanged when ``reduction`` is inactive."""
+        if reduction is None or not reduction.active:
+            return self
+        kept = reduction.checkpointed
+        if self.kind is not Sync.GRADIENTS and "anchor" not in self.checkpointed:
+            kept = ("anchor", *kept)
+        return replace(self, reduction=reduction, checkpointed=self.checkpointed + kept)
+
+    @property
+    def reducing(self) -> bool:
+        """Whether a sync goes through a reduction (else the exchange's own mean)."""
+        return self.reduction is not None and self.reduction.active
 
     def sync_at(self, step: int, total_steps: int) -> bool:
         """Whether the workers communicate after (0-based) step ``step``."""
@@ -149,11 +169,25 @@ class Exchange:
         return sum(1 for step in range(start, stop) if self.sync_at(step, total_steps))
 
     def arrays(self, workers: int, size: int, n_state: int) -> dict:
-        """Name -> (shape, dtype) of the arena arrays this exchange needs."""
-        return {}
+        """Name -> (shape, dtype) of the arena arrays this exchange needs (an exchange
+        with arrays of its own adds :meth:`reduction_arrays`)."""
+        return self.reduction_arrays(workers, size)
+
+    def reduction_arrays(self, workers: int, size: int) -> dict:
+        """The reduction's arrays, plus ``anchor`` (where the current period started)
+        and ``reduced`` (the reduction's result) for the exchanges that need them."""
+        if not self.reducing:
+            return {}
+        arrays = {"reduced": ((size,), np.float32)}
+        if self.kind is not Sync.GRADIENTS:  # updates are measured from the anchor
+            arrays["anchor"] = ((size,), np.float32)
+        arrays.update(self.reduction.arrays(workers, size))
+        return arrays
 
     def init_arena(self, arena) -> None:
         """Fill this exchange's arrays once the parameters are initialised."""
+        if "anchor" in arena:
+            arena["anchor"][:] = arena["params"][0]  # every update is measured from here
 
     def published(self, arena) -> list[np.ndarray]:
         """The per-worker arrays (rows by global rank) every worker writes before a
@@ -180,8 +214,13 @@ class Exchange:
 
 def communication_bytes(exchange: Exchange, size: int, n_state: int) -> int:
     """Bytes one taking-part worker would send over a network per sync (float32
-    vectors of ``size`` parameters; ``n_state`` optimizer-state vectors)."""
-    return exchange.vectors_per_sync(n_state) * 4 * size
+    vectors of ``size`` parameters; ``n_state`` optimizer-state vectors). Under a
+    compressing reduction the one reduced vector (gradient, update) costs what the
+    compressor sends; the others (optimizer state, control variates) stay float32."""
+    payload = exchange.vectors_per_sync(n_state) * 4 * size
+    if exchange.reducing and payload:
+        payload += exchange.reduction.bytes_per_vector(size) - 4 * size
+    return payload
 
 
 def no_exchange() -> Exchange:
@@ -193,10 +232,20 @@ def no_exchange() -> Exchange:
 
 
 class _GradientMeanWorker(WorkerExchange):
+    def __init__(self, view: ExchangeView, reduction) -> None:
+        super().__init__(view)
+        self.reduction = None if reduction is None else reduction.worker(view)
+        if self.reduction is not None:
+            self.members = np.arange(view.workers)
+            self.reduced = view.arena["reduced"]
+
     def local_step(self, step: int, lr: float) -> None:
         pass  # the update happens at the sync, from the mean
 
     def sync(self, step: int, lr: float) -> None:
+        if self.reduction is not None:
+            self._reduced_sync(step, lr)
+            return
         # Sync point 1: every gradient row is written. Worker k then averages slice k
         # of all rows and updates slice k of the shared parameters (reduce-scatter
         # fused with a sharded optimizer step). Clipping first meets the others once
@@ -211,12 +260,28 @@ class _GradientMeanWorker(WorkerExchange):
         # next forward pass.
         v.barrier.wait()
 
+    def _reduced_sync(self, step: int, lr: float) -> None:
+        # The same two sync points, with the rule's own in between: the worker's
+        # gradient becomes what it sends, the rule writes slice k of the result, and
+        # worker k updates slice k of the parameters from it (no fused mean here: a
+        # robust rule is not a sum).
+        v = self.view
+        self.reduction.publish(v.grad, step)
+        v.meet()
+        self.reduction.reduce(v.grads, self.members, self.reduced)
+        scale = 1.0 if v.clip is None else v.clip.scale_for_slices(self.reduced, v.lo, v.hi)
+        v.optimizer.update(
+            v.params, v.state, self.reduced, v.lo, v.hi, step, lr=lr, grad_scale=scale
+        )
+        v.barrier.wait()
+
 
 @dataclass(frozen=True)
 class _GradientMean(Exchange):
     kind: Sync = Sync.GRADIENTS
     shares_parameters: bool = True
     shares_state: bool = True
+    reduces: bool = True
 
     def sync_at(self, step: int, total_steps: int) -> bool:
         return True
@@ -228,7 +293,7 @@ class _GradientMean(Exchange):
         return 1
 
     def worker(self, view: ExchangeView) -> WorkerExchange:
-        return _GradientMeanWorker(view)
+        return _GradientMeanWorker(view, self.reduction if self.reducing else None)
 
 
 def gradient_mean() -> Exchange:
@@ -240,18 +305,41 @@ def gradient_mean() -> Exchange:
 
 
 class _PeriodicAverageWorker(WorkerExchange):
-    def __init__(self, view: ExchangeView, average_state: bool) -> None:
+    def __init__(self, view: ExchangeView, average_state: bool, reduction) -> None:
         super().__init__(view)
         self.averaged: Sequence[np.ndarray] = [view.param_rows]
         if average_state:
             self.averaged = [view.param_rows, *view.state_rows]
+        self.reduction = None if reduction is None else reduction.worker(view)
+        if self.reduction is not None:
+            self.members = np.arange(view.workers)
+            self.anchor, self.reduced = view.arena["anchor"], view.arena["reduced"]
 
     def sync(self, step: int, lr: float) -> None:
         v = self.view
+        if self.reduction is not None:
+            self._reduced_sync(step)
+            return
         v.meet()  # all rows hold their local step's result
         for rows in self.averaged:
             average_rows(rows, v.lo, v.hi)
         v.barrier.wait()  # every row holds the average
+
+    def _reduced_sync(self, step: int) -> None:
+        # What a worker sends is its update since the last sync, theta_i - anchor (what
+        # compressors and attackers act on); the new parameters are anchor + the rule
+        # over the updates. Optimizer state, if averaged, takes the plain mean.
+        v = self.view
+        np.subtract(v.params, self.anchor, out=v.params)
+        self.reduction.publish(v.params, step)
+        v.meet()
+        self.reduction.reduce(v.param_rows, self.members, self.reduced)
+        lo, hi = v.lo, v.hi
+        self.anchor[lo:hi] += self.reduced[lo:hi]
+        v.param_rows[:, lo:hi] = self.anchor[lo:hi]
+        for rows in self.averaged[1:]:
+            average_rows(rows, lo, hi)
+        v.barrier.wait()  # every row holds the new parameters
 
 
 @dataclass(frozen=True)
@@ -259,9 +347,13 @@ class _PeriodicAverage(Exchange):
     kind: Sync = Sync.PARAMETERS
     period: int = 1
     average_state: bool = False
+    reduces: bool = True
 
     def sync_at(self, step: int, total_steps: int) -> bool:
-        return (step + 1) % self.period == 0
+        # Under a reduction the run also ends on a sync, so the final model is the
+        # rule's (with attackers), not finalize's plain mean of the last local steps.
+        end = self.reducing and step == total_steps - 1
+        return (step + 1) % self.period == 0 or end
 
     def published(self, arena) -> list[np.ndarray]:
         rows = [arena["params"]]
@@ -271,7 +363,8 @@ class _PeriodicAverage(Exchange):
         return 1 + (n_state if self.average_state else 0)
 
     def worker(self, view: ExchangeView) -> WorkerExchange:
-        return _PeriodicAverageWorker(view, self.average_state)
+        reduction = self.reduction if self.reducing else None
+        return _PeriodicAverageWorker(view, self.average_state, reduction)
 
 
 def periodic_average(period: int, average_state: bool = False) -> Exchange:

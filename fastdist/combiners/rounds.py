@@ -45,6 +45,7 @@ class Rounds(Exchange):
     weighting: str = "uniform"  # or "samples": weights proportional to shard size
     inner_state: str = "keep"
     checkpointed: tuple[str, ...] = ("anchor", "outer_state", "controls", "control_sums")
+    reduces: bool = True
 
     def n_participants(self, workers: int) -> int:
         return max(1, min(workers, int(round(self.participation * workers))))
@@ -79,6 +80,8 @@ class Rounds(Exchange):
         if self.scaffold:
             arrays["controls"] = ((workers + 1, size), np.float32)
             arrays["control_sums"] = ((workers, size), np.float32)
+        reduction = self.reduction_arrays(workers, size)  # the round uses its own anchor
+        arrays.update({k: v for k, v in reduction.items() if k not in ("anchor", "reduced")})
         return arrays
 
     def init_arena(self, arena) -> None:
@@ -142,6 +145,7 @@ class _RoundsWorker(WorkerExchange):
         self.sums = arena["control_sums"] if plan.scaffold else None
         self.sizes = np.array(view.shard_sizes, dtype=np.float64)
         self.mu = np.float32(plan.prox_mu)
+        self.reduction = plan.reduction.worker(view) if plan.reducing else None
         self._cached: tuple[int, np.ndarray] = (-1, np.arange(self.n))
 
     def members(self, step: int) -> np.ndarray:
@@ -180,16 +184,31 @@ class _RoundsWorker(WorkerExchange):
         lo, hi, param_rows, state_rows = v.lo, v.hi, v.param_rows, v.state_rows
         r = step // plan.period
         members = self.members(step)
+        if self.reduction is not None and self.rank in members:
+            # A participant sends its update theta_i - theta (what compressors and
+            # attackers act on); the rule over the members' updates is the negated
+            # pseudo-gradient.
+            own = param_rows[self.rank]
+            np.subtract(own, self.anchor, out=own)
+            self.reduction.publish(own, step)
         v.meet()  # every participant's row holds its round's result
-        weights = self._weights(members)
-        if weights is None:
-            mean_rows_into(param_rows, self.pseudo, lo, hi)
+        if self.reduction is not None:
+            self.reduction.reduce(param_rows, members, self.pseudo)
         else:
-            _weighted_mean_into(param_rows, weights, self.pseudo, lo, hi)
+            weights = self._weights(members)
+            if weights is None:
+                mean_rows_into(param_rows, self.pseudo, lo, hi)
+            else:
+                _weighted_mean_into(param_rows, weights, self.pseudo, lo, hi)
         if self.controls is not None:
             self._server_control(step - r * plan.period + 1, members)
         anchor = self.anchor
-        if plan.outer is None:
+        if self.reduction is not None and plan.outer is None:
+            anchor[lo:hi] += self.pseudo[lo:hi]
+        elif self.reduction is not None:
+            np.negative(self.pseudo[lo:hi], out=self.pseudo[lo:hi])
+            plan.outer.update(anchor, self.outer_state, self.pseudo, lo, hi, r)
+        elif plan.outer is None:
             anchor[lo:hi] = self.pseudo[lo:hi]
         else:
             np.subtract(anchor[lo:hi], self.pseudo[lo:hi], out=self.pseudo[lo:hi])

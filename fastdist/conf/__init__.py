@@ -1,7 +1,8 @@
 """fastdist's Hydra configs. Each file in a record group (``combiner/``, ``model/``,
-``optimizer/``, ``schedule/``, ``partition/``) names its factory in ``_target_``: these
-files ARE the registry of fastdist's own records (:func:`registered`, :func:`preset`),
-and :func:`resolve` is the one place a target string becomes the object it names."""
+``optimizer/``, ``schedule/``, ``partition/``, ``aggregate/``, ``compress/``) names
+its factory in ``_target_``: these files ARE the registry of fastdist's own records
+(:func:`registered`, :func:`preset`), and :func:`resolve` is the one place a target
+string becomes the object it names."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from importlib.resources import files
 
 __all__ = ["RECORD_GROUPS", "config_groups", "preset", "registered", "resolve"]
 
-RECORD_GROUPS = ("combiner", "model", "optimizer", "schedule", "partition")
+RECORD_GROUPS = (
+    "combiner",
+    "model",
+    "optimizer",
+    "schedule",
+    "partition",
+    "aggregate",
+    "compress",
+)
 
 
 def resolve(target: str, what: str = "target") -> object:

@@ -40,8 +40,12 @@ def _communication(exchange: Exchange, n_state, size, workers, start, total):
     cumulative = per_worker * np.arange(1, len(syncs) + 1)
     metrics = {
         "comm_syncs": len(syncs),
-        "comm_vectors_per_sync": payload // (4 * size),
+        "comm_vectors_per_sync": exchange.vectors_per_sync(n_state),
         "comm_bytes_per_sync": payload,
+        # What compression saves: float32 bytes of the same vectors over bytes sent.
+        "comm_compression_ratio": 4 * size * exchange.vectors_per_sync(n_state) / payload
+        if payload
+        else 1.0,
         "comm_ring_bytes_per_sync": payload * 2 * (workers - 1) / workers,
         "comm_participants_per_sync": taking_part,
         "comm_bytes_per_worker": float(per_worker * len(syncs)),

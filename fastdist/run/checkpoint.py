@@ -47,13 +47,31 @@ _TRAJECTORY_KEYS = (
     "optimizer",
     "schedule",
     "lr_scaling",
+    "aggregate",
+    "compress",
+    "byzantine",
 )
+
+
+# aggregate=, compress=, byzantine.*: part of the trajectory, hashed only when they
+# differ from the plain mean of honest float32 rows (so older hashes stay valid).
+_REDUCTION_DEFAULTS = {
+    "aggregate": {"_target_": "fastdist.combiners.aggregators.mean"},
+    "compress": {"_target_": "fastdist.combiners.compression.none"},
+    "byzantine": {"count": 0, "workers": None},
+}
+
+
+def _is_default(node: dict, default: dict) -> bool:
+    if "_target_" in default:
+        return node.get("_target_") == default["_target_"]
+    return all(node.get(k) in (v, []) for k, v in default.items())
 
 
 def settings_hash(cfg, keys: tuple[str, ...]) -> str:
     """A short hash of the settings ``keys`` of a composed config."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    node = {key: plain.get(key) for key in keys}
+    node = {key: plain.get(key) for key in keys if key not in _REDUCTION_DEFAULTS}
     if isinstance(node.get("backend"), dict):
         node["backend"] = {"name": node["backend"]["name"]}
     # The split defines the trajectory too; left out when IID so hashes written before
@@ -63,6 +81,9 @@ def settings_hash(cfg, keys: tuple[str, ...]) -> str:
         node["partition"] = partition
     if plain.get("init_from"):  # where the workers started (absent: hashes stay valid)
         node["init_from"] = plain["init_from"]
+    for key, default in _REDUCTION_DEFAULTS.items():  # the same, for what workers send
+        if key in keys and plain.get(key) and not _is_default(plain[key], default):
+            node[key] = plain[key]
     text = OmegaConf.to_yaml(OmegaConf.create(node))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -20,6 +20,7 @@ from fastdist.run.progress import ProgressMode
 __all__ = [
     "Backend",
     "BackendConfig",
+    "ByzantineConfig",
     "CheckpointConfig",
     "Dist",
     "FailurePolicy",
@@ -67,6 +68,20 @@ class BackendConfig:
 class CheckpointConfig:
     every: int | None = None  # steps between checkpoints; null = never
     path: str | None = None  # default: checkpoint.npz in the run's output directory
+
+
+@dataclass
+class ByzantineConfig:
+    """Simulated faulty workers (fastdist.combiners.attacks): who attacks and how."""
+
+    count: int = 0  # this many workers, chosen from the seed...
+    workers: list[int] | None = None  # ...or exactly these global ranks
+    # sign_flip | gaussian | scaled | label_flip | alie | ipm
+    attack: str = "sign_flip"
+    scale: float = 10.0  # scaled: publish scale x the honest vector
+    sigma: float = 1.0  # gaussian: publish N(0, sigma^2) noise
+    z: float | None = None  # alie: null = Baruch et al.'s z_max for n and f
+    epsilon: float = 0.1  # ipm: publish -epsilon x the honest mean
 
 
 @dataclass
@@ -122,6 +137,11 @@ class FastdistConfig:
     optimizer: Any = MISSING
     schedule: Any = MISSING  # the learning-rate schedule (conf/schedule/)
     partition: Any = MISSING  # how the training rows are split across workers
+    # How averaging combiners reduce what workers publish (conf/aggregate/), what the
+    # workers send (conf/compress/), and which of them attack.
+    aggregate: Any = MISSING
+    compress: Any = MISSING
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
 
 
 def enum_value(value) -> str:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from fastdist.combiners.base import CombinedModel, Combiner
 from fastdist.combiners.evaluate import predict_proba, preload_host_kernel
+from fastdist.combiners.reduction import anchored
 from fastdist.engine.barrier import check_memory_order
 from fastdist.engine.cleanup import remove_stale_segments
 from fastdist.engine.memory import check_memory_plan
@@ -37,6 +38,7 @@ from fastdist.run.preparation import prepare_data
 from fastdist.run.preparation import validation_fraction as held_out_fraction
 from fastdist.run.prestart import check_job
 from fastdist.run.records import build_model
+from fastdist.run.robustness import reducing, reduction_metrics, under_attack
 from fastdist.run.saved_model import locate, read_base, save_model
 from fastdist.run.supervision import supervise
 from fastdist.run.watch import watch
@@ -101,6 +103,8 @@ def train(cfg) -> RunResult:
     # leaving the block unlinks them, also on any error.
     with prepare_data(cfg, place.total_workers, fraction, shared=True) as data:
         model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_classes)
+        # aggregate=, compress=, byzantine.*: on every node's workers, for this model.
+        combiner = reducing(cfg, combiner, place.total_workers, place.mpi, model)
         if combiner.check_model is not None:
             combiner.check_model(model)
         base = read_base(cfg.init_from, model) if cfg.init_from else None
@@ -113,6 +117,8 @@ def train(cfg) -> RunResult:
         with SharedArena.create(arrays) as arena:
             fill_arena(arena, model, combiner, int(cfg.seed), base)
             start_step = resume_into(cfg, arena, combiner, saving.resumed, plan.total_steps)
+            if "anchor" in arena:  # one-shot averaging measures updates from the start
+                combiner = anchored(combiner, arena["anchor"], plan.total_steps)
             spec = _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan)
             spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
             _announce(combiner, data.dataset.name, place, spec)
@@ -153,10 +159,12 @@ def train(cfg) -> RunResult:
         run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
     )
     metrics["failures"] = failures
+    metrics.update(reduction_metrics(combiner))
     log.info(
-        "test_accuracy %.4f  test_loss %.4f  %.0f samples/s over %.2f s",
+        "test_accuracy %.4f  test_loss %.4f  %.0f samples/s over %.2f s%s",
         *(metrics[k] for k in ("test_accuracy", "test_loss", "samples_per_second")),
         trained.train_seconds,
+        under_attack(combiner),
     )
     history = progress.history.rows if progress.history is not None else []
     return RunResult(

@@ -63,6 +63,8 @@ COLUMNS = (
     "val_accuracy",
     "test_loss",
     "test_accuracy",
+    # byzantine.*: "attack:rank;rank" on every row of a run with simulated attackers.
+    "byzantine",
 )
 
 # Snapshots kept for scoring at the end of the run; beyond this they are scored at once.
@@ -179,6 +181,11 @@ class History:
         self._held_bytes = 0
         self._last = (0, 0.0)  # (step, time) of the previous row
         self._syncs = (0, 0)  # sync points counted up to this step
+        reduction = exchange.reduction
+        self.attackers = None
+        if reduction is not None and reduction.byzantine.active:
+            byz = reduction.byzantine
+            self.attackers = f"{byz.attack}:" + ";".join(map(str, byz.workers))
 
     def initial_row(self, start_step: int) -> None:
         """The parameters the workers start from: the learning curve's first point."""
@@ -187,6 +194,7 @@ class History:
         row = dict.fromkeys(COLUMNS, None)
         row.update(step=start_step, epoch=round(start_step / max(self.steps_per_epoch, 1), 4))
         row.update(wall_time=0.0, lr=self.lr(start_step), bytes_synchronised=0)
+        row.update(byzantine=self.attackers)
         self._hold(row, self.arena["params"].copy())
         self._publish(row)
 
@@ -233,6 +241,7 @@ class History:
             * len(reports)
             / max(now - last_time, 1e-9),
             bytes_synchronised=syncs * self.sync_bytes,
+            byzantine=self.attackers,
         )
         rows = self._snapshots.pop(step, None)
         if rows and self.score is not None and any(r.get("evaluate") for r in reports):

@@ -59,7 +59,9 @@ class TensorBoardSink:
     def write(self, row: dict) -> None:
         step = int(row["step"])
         for key, value in row.items():
-            if key == "step" or value is None or not math.isfinite(float(value)):
+            if key == "step" or value is None or isinstance(value, str):
+                continue  # a label (history's byzantine column), not a series
+            if not math.isfinite(float(value)):
                 continue
             split, _, name = key.partition("_")
             tag = f"{split}/{name}" if split in ("train", "val", "test") else f"run/{key}"

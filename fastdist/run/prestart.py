@@ -18,7 +18,15 @@ from fastdist.optim.base import Optimizer
 from fastdist.optim.schedules import Schedule
 from fastdist.run.config_checks import check_override_types, validate
 from fastdist.run.config_schema import enum_value
-from fastdist.run.records import build_combiner, build_optimizer, build_partition, build_schedule
+from fastdist.run.records import (
+    build_aggregate,
+    build_combiner,
+    build_compression,
+    build_optimizer,
+    build_partition,
+    build_schedule,
+)
+from fastdist.run.robustness import reducing
 from fastdist.run.supervision import check_failure_policy
 
 __all__ = ["CheckedJob", "check_job"]
@@ -42,5 +50,13 @@ def check_job(cfg, overrides: Sequence[str] = ()) -> CheckedJob:
     schedule = build_schedule(cfg.schedule)
     build_partition(cfg.get("partition"))
     dist = enum_value(cfg.dist)
+    # aggregate=, compress=, byzantine.*: checked against the worker count (the run
+    # attaches them again once the model is known; under dist=mpi, once every node's
+    # workers are: here only the records' own options can be checked).
+    if dist == "mpi":
+        build_aggregate(cfg.get("aggregate"))
+        build_compression(cfg.get("compress"))
+    else:
+        reducing(cfg, combiner, int(cfg.workers), mpi=False)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, dist)
     return CheckedJob(combiner, optimizer, schedule)

@@ -1,4 +1,5 @@
-"""Building the records a config names: combiner, model, optimizer, schedule.
+"""Building the records a config names: combiner, model, optimizer, schedule,
+partition, aggregation rule and compressor.
 
 A record is whatever the factory in its node's ``_target_`` returns; it must be of the
 group's record type. Configs composed from the user's own command line may name any
@@ -11,7 +12,9 @@ the overrides themselves are checked first (:mod:`fastdist.run.saved_overrides`)
 
 from __future__ import annotations
 
+from fastdist.combiners.aggregators import Aggregate
 from fastdist.combiners.base import Combiner
+from fastdist.combiners.compression import Compression
 from fastdist.conf import registered, resolve
 from fastdist.data.partitions import Partition
 from fastdist.errors import ConfigError
@@ -25,6 +28,8 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "build_partition",
+    "build_aggregate",
+    "build_compression",
 ]
 
 _RECORD_TYPES = {
@@ -33,6 +38,8 @@ _RECORD_TYPES = {
     "optimizer": Optimizer,
     "schedule": Schedule,
     "partition": Partition,
+    "aggregate": Aggregate,
+    "compress": Compression,
 }
 
 
@@ -92,6 +99,16 @@ def build_partition(node, trusted: bool = True) -> Partition:
 
         return iid()
     return _build(node, "partition", trusted)
+
+
+def build_aggregate(node, trusted: bool = True) -> Aggregate:
+    """The aggregation rule (the plain mean when the config predates the group)."""
+    return Aggregate() if node is None else _build(node, "aggregate", trusted)
+
+
+def build_compression(node, trusted: bool = True) -> Compression:
+    """What workers send (float32 when the config predates the group)."""
+    return Compression() if node is None else _build(node, "compress", trusted)
 
 
 def build_model(node, input_shape: tuple[int, ...], n_classes: int, trusted: bool = True) -> Model:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastdist.combiners.attacks import flip_labels
 from fastdist.combiners.exchange import Exchange, ExchangeView, Sync
 from fastdist.engine.allreduce import average_rows, slice_bounds
 from fastdist.engine.faults import fault_plan
@@ -121,6 +122,9 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
         total_steps=spec.total_steps, shard_sizes=spec.shard_sizes,
     )  # fmt: skip
     worker_exchange = exchange.worker(view)
+    reduction = exchange.reduction
+    flips_labels = reduction is not None and reduction.flips_labels(row)
+    n_classes = model.n_classes
     round_state = {name: arena[name] for name in exchange.checkpointed if name in arena}
     sync_seconds, computed = 0.0, 0  # time between a sync's barriers; batches computed
     # Steps done, readable by the coordinator even if this process dies.
@@ -164,6 +168,8 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
                     prefetch(shard_rows[order[(b + 1) * batch : (b + 2) * batch]])
                 np.take(x_all, idx, axis=0, out=xb, mode="clip")
                 np.take(y_all, idx, out=yb, mode="clip")
+                if flips_labels:  # a simulated label-flipping attacker (byzantine.*)
+                    flip_labels(yb, n_classes)
                 loss, n_right = kernel.loss_and_grad(params, xb, yb, grad)
                 computed += 1
             if not math.isfinite(loss):
