@@ -141,6 +141,7 @@ class LongRun:
     """A run started in its own session (like a shell job), watched until it trains."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.run_dir = tmp_path / "run"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastdist", *LONG, f"hydra.run.dir={tmp_path}/run"],
             cwd=tmp_path,
@@ -158,8 +159,16 @@ class LongRun:
             self.stdout.append(line)
 
     def wait_training(self) -> None:
-        assert wait_until(lambda: self.workers() and list_segments(), 60), "never started"
-        time.sleep(0.5)  # past compilation, inside the step loop
+        # Inside the step loop: history.csv has a row past the starting point's (a fixed
+        # sleep after start-up was not enough on a loaded machine: a worker could still
+        # be taking the job).
+        assert wait_until(lambda: self.workers() and self._history_rows() >= 2, 60), "never trained"
+
+    def _history_rows(self) -> int:
+        try:
+            return len((self.run_dir / "history.csv").read_text().splitlines()) - 1
+        except OSError:
+            return 0
 
     def workers(self) -> list[int]:
         pids = []
