@@ -84,16 +84,25 @@ def test_a_scaled_attacker_breaks_the_mean_and_not_the_median():
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "gaussian", "alie", "ipm", "label_flip"])
-def test_every_attack_is_recorded_and_reproducible(attack, tmp_path):
-    overrides = [*ATTACKED, f"byzantine.attack={attack}", "aggregate=trimmed_mean"]
+def test_every_attack_is_recorded_and_reproducible(attack):
+    overrides = [*ATTACKED, "steps=8", f"byzantine.attack={attack}", "aggregate=trimmed_mean"]
     a = _train(*overrides)
     b = fastdist.train(fastdist.compose([*TINY, *overrides]))
     np.testing.assert_array_equal(a.worker_params, b.worker_params)
     record = a.metrics["byzantine"]
     assert record["attack"] == attack and len(record["workers"]) == 1
-    other = fastdist.train(fastdist.compose([*TINY, *overrides, "seed=1"]))
-    assert not np.array_equal(a.worker_params, other.worker_params)
     assert all(row["byzantine"] == f"{attack}:{record['workers'][0]}" for row in a.history)
+    honest = _train(*ATTACKED[:2], "steps=8", "aggregate=trimmed_mean")
+    assert not np.array_equal(a.worker_params, honest.worker_params)  # it did attack
+
+
+def test_the_gaussian_attack_draws_from_the_seed():
+    """The same attacker (byzantine.workers) under another seed draws other noise."""
+    fixed = [*ATTACKED[:2], "steps=8", "byzantine.workers=[2]", "byzantine.attack=gaussian"]
+    one = _train(*fixed, "aggregate=trimmed_mean")
+    other = _train(*fixed, "aggregate=trimmed_mean", "seed=1")
+    assert one.metrics["byzantine"]["workers"] == other.metrics["byzantine"]["workers"] == [2]
+    assert not np.array_equal(one.worker_params, other.worker_params)
 
 
 def test_explicit_attackers_and_the_summary_line(caplog):
