@@ -192,5 +192,6 @@ def saved_run_dir(root, overrides: list[str]):
         result.validation_fraction,
         result.sync,
         split_hash(cfg),
+        result.base,
     )
     return root

@@ -100,6 +100,7 @@ def combine_saved(
             states["samples_seen"],
             int(cfg.seed),
             diagnostics=diagnostics,
+            base=states["base"],
         )
     return results
 

@@ -131,6 +131,7 @@ def _job(cfg: DictConfig) -> float:
             result.validation_fraction,
             result.sync,
             split_hash(cfg),
+            result.base,
         )
         log.info("worker states of %s written to %s", combiner, saved)
     if cfg.save_model:

@@ -68,6 +68,10 @@ class FinalizeInputs:
     # One-shot averaging under a reduction (aggregate=, byzantine.*): rows -> the
     # combined row (fastdist.combiners.reduction.one_shot_reduce); None: the mean.
     reduce: Callable[[np.ndarray], np.ndarray] | None = None
+    # The parameters every worker started from (float32, (P,)): the init_from model,
+    # else the shared initialisation; None when the workers started independently.
+    # Merges from a common base (task arithmetic, TIES, DARE, Model Stock) read it.
+    base: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

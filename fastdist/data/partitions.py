@@ -19,6 +19,9 @@ only the slices may now differ in length.
   ``classes_per_worker`` of them at random.
 * ``quantity``: quantity skew (Li et al. 2022, NIID-Bench): IID rows, but shard sizes
   proportional to a Dirichlet(alpha) draw.
+* ``replicate``: every worker sees the whole training set (each in its own order): the
+  setting of model soups (Wortsman et al. 2022), where N fine-tunes of one base differ
+  in their hyperparameters, not their data. The only partition whose shards overlap.
 
 Draws that leave a worker with fewer than ``min_size`` rows are redrawn (from the same
 seeded stream, so still reproducible).
@@ -43,6 +46,8 @@ __all__ = [
     "dirichlet",
     "shards",
     "quantity",
+    "replicate",
+    "Replicate",
     "label_histograms",
 ]
 
@@ -54,6 +59,8 @@ class Partition(abc.ABC):
     """The record of one way to split the training rows across workers."""
 
     name: str = "partition"
+    # True: every worker's shard is the whole training set (split is not called).
+    replicates: bool = False
 
     @abc.abstractmethod
     def split(self, y: np.ndarray, workers: int, seed: int) -> list[np.ndarray]:
@@ -70,6 +77,15 @@ class IID(Partition):
     def split(self, y, workers, seed):
         size = len(y) // workers
         return [np.arange(k * size, (k + 1) * size) for k in range(workers)]
+
+
+@dataclass(frozen=True)
+class Replicate(Partition):
+    name = "replicate"
+    replicates = True
+
+    def split(self, y, workers, seed):
+        return [np.arange(len(y)) for _ in range(workers)]
 
 
 def _min_size(min_size: int) -> int:
@@ -183,6 +199,11 @@ def shards(classes_per_worker: int = 2) -> LabelShards:
 def quantity(alpha: float = 0.5, min_size: int = 32) -> QuantitySkew:
     """``partition=quantity``: IID rows, shard sizes ~ Dirichlet(alpha)."""
     return QuantitySkew(_alpha(alpha), _min_size(min_size))
+
+
+def replicate() -> Replicate:
+    """``partition=replicate``: every worker trains on the whole training set."""
+    return Replicate()
 
 
 def label_histograms(y: np.ndarray, bounds, n_classes: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ __all__ = [
     "check_data_memory",
     "data_memory_plan",
     "resume_into",
+    "starting_point",
 ]
 
 log = logging.getLogger("fastdist")
@@ -76,6 +77,17 @@ def fill_arena(arena, model, combiner, seed: int, base: np.ndarray | None = None
         else:
             arena["params"][row] = base
     combiner.exchange.init_arena(arena)
+
+
+def starting_point(arena, combiner, base: np.ndarray | None) -> np.ndarray | None:
+    """The parameters every worker starts from, taken once the arena is filled (before
+    a checkpoint overwrites the rows): ``base`` (init_from), else the shared
+    initialisation; None when every worker starts from its own (combiner.init)."""
+    if base is not None:
+        return np.array(base, dtype=np.float32)
+    if combiner.init != "shared":
+        return None
+    return arena["params"][0].copy()
 
 
 def data_memory_plan(cfg, fraction: float) -> tuple[int, int] | None:

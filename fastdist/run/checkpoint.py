@@ -68,6 +68,15 @@ def _is_default(node: dict, default: dict) -> bool:
     return all(node.get(k) in (v, []) for k, v in default.items())
 
 
+def _set_lists(node) -> dict:
+    """The lists a worker_overrides node sets (flattened: optimizer.lr, steps, ...)."""
+    if not isinstance(node, dict):
+        return {}
+    flat = {f"optimizer.{k}": v for k, v in (node.get("optimizer") or {}).items()}
+    flat.update({k: v for k, v in node.items() if k != "optimizer"})
+    return {k: v for k, v in flat.items() if v is not None}
+
+
 def settings_hash(cfg, keys: tuple[str, ...]) -> str:
     """A short hash of the settings ``keys`` of a composed config."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -81,6 +90,10 @@ def settings_hash(cfg, keys: tuple[str, ...]) -> str:
         node["partition"] = partition
     if plain.get("init_from"):  # where the workers started (absent: hashes stay valid)
         node["init_from"] = plain["init_from"]
+    if "combiner" in keys:  # each worker's own settings (worker_overrides), if any
+        own = _set_lists(plain.get("worker_overrides"))
+        if own:
+            node["worker_overrides"] = own
     for key, default in _REDUCTION_DEFAULTS.items():  # the same, for what workers send
         if key in keys and plain.get(key) and not _is_default(plain[key], default):
             node[key] = plain[key]

@@ -40,9 +40,13 @@ def combine(
     samples_seen: np.ndarray,
     seed: int,
     diagnostics: bool = True,
+    base: np.ndarray | None = None,
 ) -> dict:
-    """Finalize ``combiner`` on trained worker states and score it on the test set."""
-    return combine_model(combiner, worker_params, model, data, samples_seen, seed, diagnostics)[0]
+    """Finalize ``combiner`` on trained worker states and score it on the test set.
+    ``base``: the parameters every worker started from (FinalizeInputs.base)."""
+    return combine_model(
+        combiner, worker_params, model, data, samples_seen, seed, diagnostics, base
+    )[0]
 
 
 def combine_model(
@@ -53,12 +57,19 @@ def combine_model(
     samples_seen: np.ndarray,
     seed: int,
     diagnostics: bool = True,
+    base: np.ndarray | None = None,
 ) -> tuple[dict, CombinedModel]:
     """:func:`combine`'s metrics, and the combined model itself."""
     if combiner.needs_validation and data.validation is None:
         raise ConfigError(f"{combiner.name} needs a validation split: set validation_fraction")
     inputs = FinalizeInputs(
-        worker_params, model, samples_seen, data.shard_arrays(), data.validation, seed
+        worker_params,
+        model,
+        samples_seen,
+        data.shard_arrays(),
+        data.validation,
+        seed,
+        base=base,
     )
     combined: CombinedModel = combiner.finalize(inputs)
     x_test, y_test = data.dataset.x_test, data.dataset.y_test

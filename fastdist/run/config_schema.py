@@ -27,6 +27,7 @@ __all__ = [
     "FastdistConfig",
     "LrScaling",
     "PoolConfig",
+    "WorkerOverrides",
     "enum_value",
 ]
 
@@ -82,6 +83,30 @@ class ByzantineConfig:
     sigma: float = 1.0  # gaussian: publish N(0, sigma^2) noise
     z: float | None = None  # alie: null = Baruch et al.'s z_max for n and f
     epsilon: float = 0.1  # ipm: publish -epsilon x the honest mean
+
+
+@dataclass
+class OptimizerOverrides:
+    """Per-worker values of the optimizer's options (those its factory takes)."""
+
+    lr: list[float] | None = None
+    weight_decay: list[float] | None = None
+    momentum: list[float] | None = None  # sgd
+    beta1: list[float] | None = None  # adamw, lion
+    beta2: list[float] | None = None  # adamw, lion
+
+
+@dataclass
+class WorkerOverrides:
+    """Per-worker hyperparameters (fastdist.run.worker_settings): each list holds one
+    value per worker, in rank order; what no list sets is the run's own."""
+
+    # e.g. worker_overrides.optimizer.lr=[0.1,0.03,0.01,0.003]
+    optimizer: OptimizerOverrides = field(default_factory=OptimizerOverrides)
+    schedule: list[str] | None = None  # a conf/schedule name per worker (its defaults)
+    data_seed: list[int] | None = None  # the seed of each worker's data order
+    steps: list[int] | None = None  # steps per worker (refused by combiners that sync)
+    epochs: list[int] | None = None  # ... or epochs per worker
 
 
 @dataclass
@@ -142,6 +167,9 @@ class FastdistConfig:
     aggregate: Any = MISSING
     compress: Any = MISSING
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+    # Each worker's own hyperparameters (soup ingredients: partition=replicate,
+    # init_from=a base model, worker_overrides.optimizer.lr=[...]).
+    worker_overrides: WorkerOverrides = field(default_factory=WorkerOverrides)
 
 
 def enum_value(value) -> str:

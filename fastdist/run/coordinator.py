@@ -26,7 +26,13 @@ from fastdist.engine.shm import SharedArena, arena_bytes
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model
 from fastdist.run.accounting import run_accounting
-from fastdist.run.arena import arena_arrays, check_data_memory, fill_arena, resume_into
+from fastdist.run.arena import (
+    arena_arrays,
+    check_data_memory,
+    fill_arena,
+    resume_into,
+    starting_point,
+)
 from fastdist.run.checkpoint import check_checkpoint_path, config_hash, read_checkpoint
 from fastdist.run.combine import combine_model, describe_model, gather_training, run_metrics
 from fastdist.run.config_checks import checkpointing
@@ -43,6 +49,7 @@ from fastdist.run.saved_model import locate, read_base, save_model
 from fastdist.run.supervision import supervise
 from fastdist.run.watch import watch
 from fastdist.run.worker import WorkerSpec
+from fastdist.run.worker_settings import check_worker_overrides, worker_settings
 
 __all__ = ["RunResult", "train"]
 
@@ -65,6 +72,9 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     input_shape: tuple[int, ...] = ()
     model_config: dict = field(default_factory=dict)  # the model record's config
+    # The parameters every worker started from (init_from, or the shared start); None
+    # when they started independently. Saved with the states for fastdist-combine.
+    base: np.ndarray | None = None
 
     def save(self, path) -> Path:
         """Write the combined model to ``path`` (a file, or a directory: its
@@ -109,6 +119,12 @@ def train(cfg) -> RunResult:
             combiner.check_model(model)
         base = read_base(cfg.init_from, model) if cfg.init_from else None
         plan = plan_run(cfg, data, place, optimizer, lr_schedule)
+        check_worker_overrides(cfg, combiner, optimizer, place.total_workers)
+        per_worker = worker_settings(
+            cfg, optimizer, plan.rates, place.total_workers, plan.steps_per_epoch
+        )
+        if per_worker is not None:  # the run lasts as long as its longest worker
+            plan = dataclasses.replace(plan, total_steps=max(per_worker.steps))
         # 2. One shared-memory arena: parameters, optimizer state, gradients.
         arrays = arena_arrays(model, optimizer, combiner, place, plan)
         check_memory_plan(arena_bytes(arrays), what="this run's arena")
@@ -116,11 +132,14 @@ def train(cfg) -> RunResult:
         model.kernel(backend, 1)  # an unknown or uninstalled backend fails here, not in a worker
         with SharedArena.create(arrays) as arena:
             fill_arena(arena, model, combiner, int(cfg.seed), base)
+            start = starting_point(arena, combiner, base)
             start_step = resume_into(cfg, arena, combiner, saving.resumed, plan.total_steps)
             if "anchor" in arena:  # one-shot averaging measures updates from the start
                 combiner = anchored(combiner, arena["anchor"], plan.total_steps)
             spec = _worker_spec(cfg, arena, data, model, optimizer, combiner, backend, place, plan)
-            spec = dataclasses.replace(spec, start_step=start_step, **saving.spec_fields)
+            spec = dataclasses.replace(
+                spec, start_step=start_step, per_worker=per_worker, **saving.spec_fields
+            )
             _announce(combiner, data.dataset.name, place, spec)
             # 3. Spawn the workers and train, under the failure policy.
             spawned = time.monotonic()
@@ -134,6 +153,7 @@ def train(cfg) -> RunResult:
                 data=data,
                 arena=arena,
                 steps_per_epoch=plan.steps_per_epoch,
+                base=start,
             )
             done, failures = _supervised(cfg, arena, spec, progress, comm, saving, model)
             params = arena["params"]
@@ -151,6 +171,7 @@ def train(cfg) -> RunResult:
                 trained.samples_seen,
                 int(cfg.seed),
                 bool(cfg.diagnostics),
+                base=start,
             )
             rows = progress.history.rows if progress.history is not None else []
             metrics.update(run_accounting(cfg, combiner, optimizer, model, data, spec, done, rows))
@@ -159,6 +180,8 @@ def train(cfg) -> RunResult:
         run_metrics(cfg, trained, place, data, model, optimizer, combiner, spec, progress)
     )
     metrics["failures"] = failures
+    if per_worker is not None:
+        metrics.update(per_worker.summary())
     metrics.update(reduction_metrics(combiner))
     log.info(
         "test_accuracy %.4f  test_loss %.4f  %.0f samples/s over %.2f s%s",
@@ -178,6 +201,7 @@ def train(cfg) -> RunResult:
         history,
         tuple(data.dataset.input_shape),
         OmegaConf.to_container(cfg.model, resolve=True),
+        start,
     )
 
 

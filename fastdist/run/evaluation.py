@@ -41,13 +41,13 @@ class EvalConfig:
     target_accuracy: float | None = None
 
 
-def combined_scorer(combiner: Combiner, model, data, seed: int) -> Callable:
+def combined_scorer(combiner: Combiner, model, data, seed: int, base=None) -> Callable:
     """``score(rows, samples_seen) -> {val_/test_ loss/accuracy}`` of the combiner's
-    finalize applied to parameter rows."""
+    finalize applied to parameter rows (``base``: FinalizeInputs.base)."""
 
     def score(rows: np.ndarray, samples_seen: np.ndarray) -> dict:
         inputs = FinalizeInputs(
-            rows, model, samples_seen, data.shard_arrays(), data.validation, seed
+            rows, model, samples_seen, data.shard_arrays(), data.validation, seed, base=base
         )
         combined = combiner.finalize(inputs)
         out = {}

@@ -100,8 +100,12 @@ class StepReporter:
     """A worker's side: reports its mean loss every ``every`` steps, and hands over a
     snapshot of its parameter row at evaluation steps."""
 
-    def __init__(self, ctx, spec, arena, params: np.ndarray) -> None:
+    def __init__(self, ctx, spec, arena, params: np.ndarray, own_steps: int | None = None) -> None:
+        # Evaluations follow the run's steps; a worker with fewer of its own
+        # (worker_overrides) reports its last one too, and the coordinator scores later
+        # evaluations with its final row (History.fills_finished).
         self.ctx, self.total = ctx, spec.total_steps
+        self.own_total = spec.total_steps if own_steps is None else own_steps
         self.every, self.eval_every = spec.history_every, spec.eval_every
         self.exchange, self.at_sync = spec.exchange, spec.eval_at_sync
         # The first evaluation due (eval.at_sync: the first sync at or past it).
@@ -134,7 +138,8 @@ class StepReporter:
         self.loss_sum += loss * batch
         self.seen += batch
         evaluate_now = self._evaluates(step)
-        if not (step % self.every == 0 or step == self.total or evaluate_now):
+        last = step == self.total or step == self.own_total
+        if not (step % self.every == 0 or last or evaluate_now):
             return
         snapshot = evaluate_now and self.params is not None
         if snapshot:
@@ -167,11 +172,15 @@ class History:
         score: Callable | None = None,
         arena=None,
         sinks: tuple = (),
+        fills_finished: bool = False,
     ) -> None:
         self.workers, self.batch, self.steps_per_epoch = workers, batch, steps_per_epoch
         self.lr, self.exchange, self.sync_bytes = lr, exchange, sync_bytes
         self.total_steps = total_steps
         self.score, self.arena, self.sinks = score, arena, list(sinks)
+        # Workers train different step counts (worker_overrides): an evaluation after a
+        # worker's last step scores its final row, which no longer changes.
+        self.fills_finished = fills_finished
         self.listeners: list[Callable[[dict], None]] = []
         self.rows: list[dict] = []
         self.start: float | None = None
@@ -244,6 +253,10 @@ class History:
             byzantine=self.attackers,
         )
         rows = self._snapshots.pop(step, None)
+        if rows and self.fills_finished and len(rows) < self.workers:
+            for rank in range(self.workers):
+                if rank not in rows:  # finished before this step: its row is final
+                    rows[rank] = self.arena["params"][rank].copy()
         if rows and self.score is not None and any(r.get("evaluate") for r in reports):
             self._hold(row, np.stack([rows[k] for k in sorted(rows)]))
         self._publish(row)

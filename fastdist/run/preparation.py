@@ -198,6 +198,8 @@ def _partition(cfg, order: np.ndarray, y: np.ndarray, workers: int, trusted: boo
     from fastdist.run.records import build_partition
 
     partition = build_partition(cfg.get("partition"), trusted)
+    if partition.replicates:  # overlapping shards: each worker reads every row
+        return order, [(0, len(order))] * workers
     if isinstance(partition, IID):  # no reordering: the historical split, bit for bit
         return order, shard_bounds(len(order), workers)
     parts = partition.split(y[order], workers, int(cfg.seed))
@@ -214,10 +216,14 @@ def plan_steps(
     A step is one batch on every worker. An epoch is ``(n_train // workers) // batch``
     steps: the workers together see as many rows as the training set holds (with equal
     shards, one pass over each shard; with uneven shards, small shards are visited
-    more often than large ones, each in its own reshuffled order).
+    more often than large ones, each in its own reshuffled order). Under
+    ``partition=replicate`` (every shard is the whole set) an epoch is one pass over
+    the whole set by every worker: ``n_train // batch`` steps.
     """
     batch = int(cfg.batch_size)
     shard = n_train // workers
+    if smallest_shard is not None and smallest_shard == n_train:  # partition=replicate
+        shard = n_train  # an epoch is one pass over the whole set by every worker
     if batch > shard:
         raise ConfigError(
             f"batch_size={batch} is larger than a shard ({shard} rows = "

@@ -28,6 +28,7 @@ from fastdist.run.records import (
 )
 from fastdist.run.robustness import reducing
 from fastdist.run.supervision import check_failure_policy
+from fastdist.run.worker_settings import check_worker_overrides
 
 __all__ = ["CheckedJob", "check_job"]
 
@@ -59,4 +60,7 @@ def check_job(cfg, overrides: Sequence[str] = ()) -> CheckedJob:
     else:
         reducing(cfg, combiner, int(cfg.workers), mpi=False)
     check_failure_policy(enum_value(cfg.on_worker_failure), combiner, dist)
+    workers = int(cfg.workers) * (1 if dist == "local" else 0)
+    if workers:  # dist=mpi: the run checks them once every node's workers are known
+        check_worker_overrides(cfg, combiner, optimizer, workers)
     return CheckedJob(combiner, optimizer, schedule)

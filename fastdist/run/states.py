@@ -28,6 +28,7 @@ STATES_FILE = "worker_states.npz"
 _SPLIT_KEYS = ("workers", "seed", "validation_fraction", "dataset", "model")
 _SCALARS = ("validation_fraction", "sync", "split_hash")
 _ROWS = ("worker_params", "samples_seen")
+_BASE = "base_params"  # optional: absent when the workers started independently
 
 
 def split_hash(cfg) -> str:
@@ -42,8 +43,12 @@ def save_states(
     validation_fraction: float,
     sync: str,
     digest: str = "",
+    base: np.ndarray | None = None,
 ) -> Path:
+    """``base``: the parameters every worker started from (init_from, or the shared
+    start), kept for merges from a common base (task arithmetic, TIES, ...)."""
     path = Path(directory) / STATES_FILE
+    extra = {} if base is None else {_BASE: np.asarray(base, dtype=np.float32)}
     atomic_savez(
         path,
         worker_params=worker_params,
@@ -51,6 +56,7 @@ def save_states(
         validation_fraction=np.float64(validation_fraction),
         sync=np.str_(sync),
         split_hash=np.str_(digest),
+        **extra,
     )
     return path
 
@@ -75,21 +81,28 @@ def read_settings(path: str | Path) -> dict:
 def load_states(path: str | Path, workers: int, n_params: int) -> dict:
     """The saved states of a run of ``workers`` workers and a model of ``n_params``
     parameters, each array checked; any problem is one ConfigError line. The shapes are
-    compared with the headers before any array is inflated."""
+    compared with the headers before any array is inflated. ``base`` is the starting
+    parameters when the file keeps them, else None."""
     path = _states_path(path)
     settings = read_settings(path)
-    shapes = {"worker_params": (workers, n_params), "samples_seen": (workers,)}
-    raw = _read(path, _ROWS, shapes)
+    shapes = {"worker_params": (workers, n_params), "samples_seen": (workers,), _BASE: (n_params,)}
+    raw = _read(path, _ROWS, shapes, optional=lambda name: name == _BASE)
     need = checker(f"{path}: ")
     params, seen = raw["worker_params"], raw["samples_seen"]
     need(params.dtype.kind == "f", f"worker_params must be floats, got {params.dtype}")
     need(bool(np.isfinite(params).all()), "worker_params contain NaN or infinite values")
     need(seen.dtype.kind in "iuf", f"samples_seen must be numbers, got {seen.dtype}")
     need(bool(np.isfinite(seen).all() and (seen >= 0).all()), "samples_seen must be >= 0")
+    base = raw.get(_BASE)
+    if base is not None:
+        need(base.dtype.kind == "f", f"{_BASE} must be floats, got {base.dtype}")
+        need(bool(np.isfinite(base).all()), f"{_BASE} contain NaN or infinite values")
+        base = base.astype(np.float32, copy=False)
     return {
         **settings,
         "worker_params": params.astype(np.float32, copy=False),
         "samples_seen": seen,
+        "base": base,
     }
 
 
@@ -102,9 +115,9 @@ def _states_path(path: str | Path) -> Path:
     return path
 
 
-def _read(path: Path, keys: tuple[str, ...], shapes: dict) -> dict:
+def _read(path: Path, keys: tuple[str, ...], shapes: dict, optional=None) -> dict:
     try:
-        return read_npz(path, keys, shapes=shapes)
+        return read_npz(path, keys, optional, shapes=shapes)
     except MissingArrays as exc:
         raise ConfigError(
             f"{path}: not a complete worker-states file (missing {', '.join(exc.missing)}; "

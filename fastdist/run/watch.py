@@ -47,8 +47,9 @@ def history_plan(cfg, shards, batch: int, mpi: bool) -> tuple[int, int, int]:
     return steps_per_epoch, every, eval_every
 
 
-def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_per_epoch):
-    """The handler of the workers' messages for this run (``EpochLog``)."""
+def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_per_epoch, base=None):
+    """The handler of the workers' messages for this run (``EpochLog``); ``base``: the
+    parameters the workers started from (for merges from a common base)."""
     quiet = bool(cfg.quiet) or place.node != 0
     history = None
     scores = bool(spec.eval_every) and place.node == 0
@@ -67,10 +68,11 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
                 len(optimizer.state_names),
             ),
             # Only rank 0 reports (dist=mpi): the other ranks score nothing.
-            score=combined_scorer(combiner, model, data, spec.seed) if scores else None,
+            score=combined_scorer(combiner, model, data, spec.seed, base) if scores else None,
             arena=arena,
             # MPI ranks > 0 record nothing: rank 0 writes the run's files.
             sinks=make_sinks(cfg.logger, run_dir(), COLUMNS) if place.node == 0 else [],
+            fills_finished=spec.per_worker is not None and spec.per_worker.ragged,
         )
     display = make_display(
         enum_value(cfg.progress),

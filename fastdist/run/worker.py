@@ -34,6 +34,7 @@ from fastdist.optim.clipping import GlobalNormClip
 from fastdist.optim.schedules import LearningRate
 from fastdist.run.history import StepReporter
 from fastdist.run.node_sync import NodeSync
+from fastdist.run.worker_settings import WorkerSettings
 
 __all__ = ["WorkerSpec", "train_worker", "epoch_order"]
 
@@ -72,6 +73,16 @@ class WorkerSpec:
     eval_at_sync: bool = False
     # The rate of each global step (schedule x lr_scaling); None: optimizer.lr throughout.
     rates: LearningRate | None = None
+    # worker_overrides (fastdist.run.worker_settings): each worker's own optimizer,
+    # rates, steps and data-order seed, by global rank; None: the run's for everyone.
+    per_worker: WorkerSettings | None = None
+
+    def settings_of(self, row: int) -> tuple[Optimizer, LearningRate | None, int, int]:
+        """(optimizer, rates, steps, data-order seed) of global worker ``row``."""
+        own = self.per_worker
+        if own is None:
+            return self.optimizer, self.rates, self.total_steps, self.seed
+        return own.optimizers[row], own.rates[row], own.steps[row], own.data_seeds[row]
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -93,7 +104,9 @@ def train_worker(ctx, spec: WorkerSpec) -> None:
 
 def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) -> None:
     rank = ctx.rank
-    model, exchange, opt = spec.model, spec.exchange, spec.optimizer
+    row = spec.rank_offset + rank  # this worker's row in every per-worker array
+    model, exchange = spec.model, spec.exchange
+    opt, rates, total_steps, order_seed = spec.settings_of(row)
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
     # The shard is a slice of the row order: rows stored once, shuffled by index.
@@ -105,7 +118,6 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     # opt_state is (state vectors, rows, P): each state vector's rows are contiguous, so
     # averaging one across workers is the same reduction as averaging parameters.
     param_rows, state_rows, grads = arena["params"], arena["opt_state"], arena["grads"]
-    row = spec.rank_offset + rank  # this worker's row in every per-worker array
     params = param_rows[0] if exchange.shares_parameters else param_rows[row]
     state = [rows[0] if exchange.shares_state else rows[row] for rows in state_rows]
     grad = grads[row]
@@ -119,7 +131,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
         arena=arena, rank=row, workers=grads.shape[0], lo=my_lo, hi=my_hi, optimizer=opt,
         params=params, state=state, grad=grad, param_rows=param_rows, state_rows=state_rows,
         grads=grads, meet=meet, barrier=ctx.barrier, clip=clip, seed=spec.seed,
-        total_steps=spec.total_steps, shard_sizes=spec.shard_sizes,
+        total_steps=total_steps, shard_sizes=spec.shard_sizes,
     )  # fmt: skip
     worker_exchange = exchange.worker(view)
     reduction = exchange.reduction
@@ -130,7 +142,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     # Steps done, readable by the coordinator even if this process dies.
     progress = arena["progress"][rank]
     fault = fault_plan()  # None except in fault-injection tests
-    reporter = StepReporter(ctx, spec, arena, params)
+    reporter = StepReporter(ctx, spec, arena, params, own_steps=total_steps)
 
     # The only per-step copy: gathering the shuffled minibatch into contiguous buffers.
     xb = np.empty((batch, model.n_inputs), dtype=np.float32)
@@ -151,12 +163,12 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     first_step_done = None
     step = spec.start_step
     epoch, first_batch = divmod(step, steps_per_epoch)
-    while step < spec.total_steps:
-        order = epoch_order(spec.seed, spec.rank_offset + rank, epoch, hi - lo)
+    while step < total_steps:
+        order = epoch_order(order_seed, row, epoch, hi - lo)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.monotonic()
         for b in range(first_batch, steps_per_epoch):
-            if step >= spec.total_steps:
+            if step >= total_steps:
                 break
             if fault is not None:
                 fault.maybe_fire(rank, step)
@@ -176,14 +188,14 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
                 raise DivergenceError(
                     f"loss became {loss} at step {step} (epoch {epoch}); try a smaller optimizer.lr"
                 )
-            lr = opt.lr if spec.rates is None else spec.rates(step)
+            lr = opt.lr if rates is None else rates(step)
             # The combiner's part of the step: its own update (local SGD, rounds,
             # Hogwild; nothing under gradient averaging), then, at a sync point, the
             # exchange (what meets, what is reduced, see each combiner's comments).
             if trains:
                 worker_exchange.local_step(step, lr)
             synced = time.perf_counter()
-            if exchange.sync_at(step, spec.total_steps):
+            if exchange.sync_at(step, total_steps):
                 worker_exchange.sync(step, lr)
             if exchange.kind is not Sync.NONE:
                 sync_seconds += time.perf_counter() - synced
