@@ -124,3 +124,22 @@ def test_what_cannot_work_is_one_line_before_start_up(extra, message, monkeypatc
 def test_equal_step_overrides_still_sync():
     result = _train("combiner=local_sgd", "worker_overrides.steps=[6,6]")
     assert result.metrics["steps"] == 6
+
+
+def test_best_member_is_the_worker_with_the_best_validation_accuracy():
+    from fastdist.combiners import best_member
+    from fastdist.combiners.base import CombinedModel, FinalizeInputs
+    from fastdist.combiners.evaluate import evaluate
+
+    result = _train(
+        "validation_fraction=0.2", "worker_overrides.optimizer.lr=[0.001,0.2]", "steps=20"
+    )
+    data = fastdist.load_dataset(fastdist.compose(RUN).dataset)
+    x, y = data.x_train[:100], data.y_train[:100]
+    inputs = FinalizeInputs(result.worker_params, result.model, result.samples_seen, (), (x, y))
+    combined = best_member().finalize(inputs)
+    scores = [
+        evaluate(CombinedModel((r,)), result.model, x, y)["accuracy"] for r in result.worker_params
+    ]
+    assert combined.info["best"] == int(np.argmax(scores))
+    np.testing.assert_array_equal(combined.members[0], result.worker_params[combined.info["best"]])

@@ -17,7 +17,7 @@ from fastdist.combiners.base import (
 from fastdist.combiners.evaluate import evaluate
 from fastdist.combiners.exchange import no_exchange
 
-__all__ = ["soup_uniform", "soup_greedy", "greedy_soup_members"]
+__all__ = ["best_member", "soup_uniform", "soup_greedy", "greedy_soup_members"]
 
 
 def _accuracy(inputs: FinalizeInputs, params: np.ndarray) -> float:
@@ -25,10 +25,14 @@ def _accuracy(inputs: FinalizeInputs, params: np.ndarray) -> float:
     return evaluate(CombinedModel((params,)), inputs.model, x_val, y_val)["accuracy"]
 
 
+def _scores(inputs: FinalizeInputs) -> list[float]:
+    return [_accuracy(inputs, row) for row in inputs.worker_params]
+
+
 def greedy_soup_members(inputs: FinalizeInputs) -> list[int]:
     """Workers in the greedy soup, in the order they were added."""
     rows = inputs.worker_params
-    scores = [_accuracy(inputs, row) for row in rows]
+    scores = _scores(inputs)
     order = sorted(range(len(rows)), key=lambda k: (-scores[k], k))
     chosen = [order[0]]
     best = scores[order[0]]
@@ -54,6 +58,25 @@ def soup_greedy(init: str = "shared") -> Combiner:
 
     return Combiner(
         "soup_greedy",
+        no_exchange(),
+        finalize,
+        init=check_init(init),
+        needs_validation=True,
+    )
+
+
+def best_member(init: str = "shared") -> Combiner:
+    """The single worker with the best validation accuracy (the lowest rank on a tie):
+    the "best individual model" a soup is measured against (Wortsman et al. 2022), chosen
+    on the validation split as the soups are. ``info["best"]``: its rank."""
+
+    def finalize(inputs: FinalizeInputs) -> CombinedModel:
+        scores = _scores(inputs)
+        best = max(range(len(scores)), key=lambda k: (scores[k], -k))
+        return CombinedModel((inputs.worker_params[best].copy(),), info={"best": best})
+
+    return Combiner(
+        "best_member",
         no_exchange(),
         finalize,
         init=check_init(init),
