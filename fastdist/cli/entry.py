@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 
-__all__ = ["fastdist", "fastdist_combine", "fastdist_summarize", "fastdist_clean"]
+__all__ = ["fastdist", "fastdist_combine", "fastdist_summarize", "fastdist_clean", "fastdist_tune"]
 
 
 def _run(module: str, prog: str) -> None:
@@ -89,3 +89,7 @@ def fastdist_summarize() -> None:
 
 def fastdist_clean() -> None:
     _run("fastdist.cli.clean", "fastdist-clean")
+
+
+def fastdist_tune() -> None:
+    _run("fastdist.cli.tune", "fastdist-tune")
