@@ -96,7 +96,8 @@ def test_a_two_by_two_multirun_writes_one_metrics_file_per_job(tmp_path):
         (
             ["combiner=nope"],
             2,
-            "Could not find 'combiner/nope' (available: aligned_avg, diloco, ensemble,",
+            "Could not find 'combiner/nope' (available: aligned_avg, best_member, dare, "
+            "dare_ties, diloco, ensemble,",
         ),
         (["workers=0"], 2, "workers must be >= 1, got 0"),
         (["batch_size=4096"], 2, "batch_size=4096 is larger than a shard"),
