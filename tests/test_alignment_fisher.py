@@ -200,7 +200,8 @@ def test_fisher_arguments_are_checked(tiny_data):
         diagonal_fisher(TINY, theta, x, labels="true")
     with pytest.raises(ValueError, match="labels must lie in"):
         diagonal_fisher(TINY, theta, x, y + 3, labels="true")
-    for bad in ({"n_samples": 0}, {"epsilon": 0.0}, {"epsilon": float("nan")}, {"labels": "x"}):
+    bad_options = ({"n_samples": 0}, {"epsilon": 0.0, "floor": 0.0}, {"epsilon": float("nan")})
+    for bad in (*bad_options, {"labels": "x"}):
         with pytest.raises(ConfigError):
             fisher_avg(**bad)
     with pytest.raises(ConfigError, match="needs each worker's training shard"):
@@ -229,7 +230,8 @@ def test_where_one_worker_has_zero_fisher_the_other_wins(monkeypatch):
     fishers[0][-5:] = fishers[1][-5:] = 0.0  # nobody informative: the plain mean
     _fake_fishers(monkeypatch, fishers)
     x = np.zeros((4, 7), np.float32)
-    model = fisher_avg(epsilon=1e-12).finalize(_inputs([a, b], ((x, None), (x, None))))
+    additive = fisher_avg(epsilon=1e-12, floor=0.0, normalize=False)  # (F_k + eps) weights
+    model = additive.finalize(_inputs([a, b], ((x, None), (x, None))))
     np.testing.assert_allclose(model.members[0][:10], a[:10], rtol=1e-6)
     np.testing.assert_allclose(model.members[0][10:-5], b[10:-5], rtol=1e-6)
     np.testing.assert_allclose(model.members[0][-5:], (a[-5:] + b[-5:]) / 2, rtol=1e-6)

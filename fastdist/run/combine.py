@@ -83,7 +83,9 @@ def combine_model(
     }
     independent_rows = worker_params.shape[0] > 1
     if diagnostics and independent_rows:
-        diag = worker_diagnostics(model, worker_params, x_test, y_test)
+        # The train-loss barrier on worker 0's training rows (never the validation split).
+        train = data.shard_arrays()[0] if data.shards else None
+        diag = worker_diagnostics(model, worker_params, x_test, y_test, train=train)
         metrics.update(diag)
         if len(combined.members) > 1:
             metrics["ensemble_gain_over_best_member"] = (
