@@ -414,3 +414,30 @@ def test_a_real_run_merges_the_workers_task_vectors_from_their_shared_start():
     np.testing.assert_array_equal(result.base, result.model.init(int(cfg.seed)))
     expected = ties_merge(result.base, result.worker_params, m["combiner_density"])
     np.testing.assert_array_equal(result.combined.members[0], expected)
+
+
+def test_fastdist_combine_merges_saved_fine_tunes_from_their_saved_start(tmp_path):
+    from conftest import saved_run_dir
+
+    from fastdist.cli.combine import combine_saved
+    from fastdist.combiners.base import CombinedModel
+    from fastdist.combiners.evaluate import evaluate
+    from fastdist.run.records import build_model
+    from fastdist.run.states import STATES_FILE, load_states
+
+    overrides = small_run("workers=2", "steps=10", "combiner=soup_uniform")
+    run = saved_run_dir(tmp_path / "run", overrides)
+    results = combine_saved(run, ["ties"], overrides=["combiner.density=0.5"])
+    cfg = fastdist.compose(overrides)
+    data = fastdist.load_dataset(cfg.dataset)
+    model = build_model(cfg.model, data.input_shape, data.n_classes)
+    states = load_states(run, 2, model.layout.size)
+    expected = ties_merge(states["base"], states["worker_params"], 0.5)
+    scores = evaluate(CombinedModel((expected,)), model, data.x_test, data.y_test)
+    assert results["ties"]["test_accuracy"] == scores["accuracy"]
+    # States saved without the start (an older file, independent workers): one line.
+    arrays = dict(np.load(run / STATES_FILE))
+    del arrays["base_params"]
+    np.savez(run / STATES_FILE, **arrays)
+    with pytest.raises(ConfigError, match="merges task vectors from a common base"):
+        combine_saved(run, ["ties"])
