@@ -10,7 +10,7 @@ PIP    := $(BIN)/pip install --quiet -c constraints.txt
 # What the tests need: every extra they exercise (peers only for benchmarks/peers).
 TEST_EXTRAS := dev,jax,experiments,sweep,mpi,tensorboard,mnist1d
 
-.PHONY: install run test lint format bench bench-compare clean constraints
+.PHONY: install run test lint format bench bench-compare clean constraints book book-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ bench: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:25%
+
+# The experiment book's tables from the committed per-run results (the core install suffices).
+book: $(CORE)
+	$(BIN)/python experiments/book.py
+
+book-check: $(CORE)
+	$(BIN)/python experiments/book.py --check
 
 clean:
 	rm -rf $(VENV) outputs multirun .benchmarks

@@ -10,7 +10,9 @@ MNIST-1D with 8 workers (experiments/README.md, section 8). Four stages, each a 
                                           # without error feedback, seeds 0-4
   python experiments/robust.py tables     # runs.csv (one row per run) and tables.md
 
-Runs go to multirun/robust/ (not committed); ``tables`` writes experiments/results/robust/.
+Runs go to multirun/robust/ (not committed); ``tables`` writes experiments/results/robust/:
+runs.csv from the run directories, then chosen.json and tables.md from runs.csv alone, as
+``experiments/book.py`` makes section 8's tables (:func:`book_tables`) on a clean clone.
 Every choice is made on the validation split (10% of the training rows) of the tuning
 seeds; the test accuracy of seeds 0-4 is read once, by ``tables``.
 """
@@ -56,6 +58,14 @@ TAUS = (0.1, 1.0, 10.0)  # centered clipping's radius, tuned with the rate
 TUNE_SEEDS = (100, 101)
 SEEDS = (0, 1, 2, 3, 4)
 COMPRESSORS = ("fp16", "bf16", "int8", "topk", "randk", "powersgd")
+# How the book names them: the partitions, and the compressors' defaults (conf/schema).
+SHOWN = {
+    "iid": "IID",
+    "dirichlet": "Dirichlet 0.3",
+    "powersgd": "powersgd rank 4",
+    "topk": "topk 1%",
+    "randk": "randk 1%",
+}
 
 
 def _rule_options(rule: str, attackers: int) -> list[str] | None:
@@ -152,11 +162,12 @@ def tune() -> None:
         _sweep("tune", f"{partition}-{rule}", [*split, *_rule_options(rule, 0), *extra])
 
 
-def chosen() -> dict:
+def chosen(runs: list[dict] | None = None) -> dict:
     """(partition, rule) -> the overrides with the best mean validation accuracy over
-    the tuning seeds (ties: the smaller rate)."""
+    the tuning seeds (ties: the smaller rate), from the tuning runs among ``runs`` (by
+    default, read from multirun/robust/tune)."""
     scores: dict = defaultdict(list)
-    for run in _runs("tune"):
+    for run in _runs("tune") if runs is None else (r for r in runs if r["stage"] == "tune"):
         key = (run["partition"], run["rule"], run["lr"], run.get("tau"))
         scores[key].append(run["val_accuracy"] or 0.0)  # a diverged run scores nothing
     best: dict = {}
@@ -244,6 +255,30 @@ def _runs(stage: str) -> list[dict]:
     return out
 
 
+# runs.csv's columns other than text; an empty field is None.
+_TYPES = {
+    "f": int,
+    "seed": int,
+    "lr": float,
+    "tau": float,
+    "diverged": lambda text: {"True": True, "False": False}[text],
+    "val_accuracy": float,
+    "test_accuracy": float,
+    "bytes_per_worker": float,
+    "train_seconds": float,
+}
+
+
+def load_runs(path: Path | None = None) -> list[dict]:
+    """runs.csv (by default the committed one) as the dicts :func:`_runs` made
+    (``error_feedback`` stays "True", "False" or None)."""
+    with open(path or OUT / "runs.csv", newline="") as fh:
+        return [
+            {k: None if v == "" else _TYPES.get(k, str)(v) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
+
+
 def _interval(values: list[float | None]) -> str:
     """mean [95% t-interval] over the seeds whose loss stayed finite, and how many
     diverged (None)."""
@@ -263,9 +298,28 @@ def _interval(values: list[float | None]) -> str:
     return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]{note}"
 
 
+def _cells(runs: list[dict]) -> dict:
+    """(partition, rule, attackers, attack) -> the grid's test accuracies (seeds 0-4)."""
+    cells: dict = defaultdict(list)
+    for run in (r for r in runs if r["stage"] == "grid"):
+        cells[(run["partition"], run["rule"], run["f"], run["attack"])].append(run["test_accuracy"])
+    return cells
+
+
+def _worst(cells: dict, partition: str, rule: str, attackers: int) -> tuple[str, str] | None:
+    """(mean [interval], attack) of the attack with the lowest mean accuracy (a
+    diverged seed counts as 0.1, chance); None when none was run."""
+    found = [(a, cells.get((partition, rule, attackers, a))) for a in ATTACKS]
+    found = [(a, v) for a, v in found if v]
+    if not found:
+        return None
+    attack, values = min(found, key=lambda av: _chance_mean(av[1]))
+    return _interval(values), attack
+
+
 def _worst_case(cells: dict) -> list[str]:
     """Per partition and rule: the accuracy without attackers, and for 1-3 attackers
-    the attack with the lowest mean accuracy (a diverged seed counts as 0.1, chance)."""
+    the worst attack's."""
     lines = []
     for partition in PARTITIONS:
         lines += ["", f"## {partition}: the worst of the six attacks", ""]
@@ -275,13 +329,8 @@ def _worst_case(cells: dict) -> list[str]:
             honest = cells.get((partition, rule, 0, "none"))
             row = [_interval(honest) if honest else _missing(rule, 0)]
             for f in (1, 2, 3):
-                found = [(a, cells.get((partition, rule, f, a))) for a in ATTACKS]
-                found = [(a, v) for a, v in found if v]
-                if not found:
-                    row.append(_missing(rule, f))
-                    continue
-                attack, values = min(found, key=lambda av: _chance_mean(av[1]))
-                row.append(f"{_interval(values)}: {attack}")
+                worst = _worst(cells, partition, rule, f)
+                row.append(": ".join(worst) if worst else _missing(rule, f))
             lines.append(f"| {rule} | " + " | ".join(row) + " |")
     return lines
 
@@ -290,9 +339,71 @@ def _chance_mean(values: list[float | None]) -> float:
     return sum(0.1 if v is None else v for v in values) / len(values)
 
 
-def _missing(rule: str, attackers: int) -> str:
+def _missing(rule: str, attackers: int, short: bool = False) -> str:
     """What an empty cell means."""
-    return "n/a (n < 2f + 3)" if _rule_options(rule, attackers) is None else "not run"
+    if _rule_options(rule, attackers) is None:
+        return "n/a" if short else "n/a (n < 2f + 3)"
+    return "not run"
+
+
+def _compression(runs: list[dict]) -> list[tuple[str, str | None, float, float, str]]:
+    """(compressor, error feedback, bytes per worker, x fewer than uncompressed, test
+    accuracy) per compressor and error-feedback setting, in COMPRESSORS order."""
+    groups: dict = defaultdict(list)
+    for run in (r for r in runs if r["stage"] == "compress"):
+        groups[(run["compress"], run["error_feedback"])].append(run)
+    full = next(r["bytes_per_worker"] for r in groups[("none", None)])
+    rows = []
+    for kind, feedback in itertools.product(("none", *COMPRESSORS), (None, "False", "True")):
+        group = groups.get((kind, feedback))
+        if not group:
+            continue
+        sent = next(r["bytes_per_worker"] for r in group if r["bytes_per_worker"] is not None)
+        accuracy = _interval([r["test_accuracy"] for r in group])
+        rows.append((kind, feedback, sent, full / sent, accuracy))
+    return rows
+
+
+_FEEDBACK = {None: "", "False": "no", "True": "yes"}
+
+
+def _row(cells: list[str]) -> str:
+    """A markdown table row (an empty cell as ``| |``)."""
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
+def book_tables(runs: list[dict]) -> dict[str, str]:
+    """Section 8's tables in experiments/README.md, by block name: ``attacks`` (per
+    partition, each rule without attackers and at its worst attack with 1-3 attackers)
+    and ``compression`` (accuracy against megabytes sent, fewest bytes last)."""
+    cells = _cells(runs)
+    attacks = []
+    for partition in PARTITIONS:
+        if attacks:
+            attacks.append("")
+        columns = ["no attackers", *(f"{f} of {WORKERS}" for f in (1, 2, 3))]
+        attacks += [_row([SHOWN[partition], *columns]), _row(["---"] * 5)]
+        for rule in RULES:
+            honest = cells.get((partition, rule, 0, "none"))
+            row = [_interval(honest) if honest else _missing(rule, 0, short=True)]
+            for f in (1, 2, 3):
+                worst = _worst(cells, partition, rule, f)
+                row.append(" ".join(worst) if worst else _missing(rule, f, short=True))
+            attacks.append(_row([rule, *row]))
+    compression = [
+        "| compress | error feedback | MB sent per worker | x fewer | test accuracy |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for kind, feedback, sent, fewer, accuracy in sorted(_compression(runs), key=lambda r: -r[2]):
+        shown = [SHOWN.get(kind, kind), _FEEDBACK[feedback], f"{sent / 1e6:.3g}", f"{fewer:.0f}"]
+        compression.append(_row([*shown, accuracy]))
+    return {"attacks": "\n".join(attacks), "compression": "\n".join(compression)}
+
+
+def chosen_json(runs: list[dict]) -> str:
+    """chosen.json: the tuned settings, from the tuning rows of ``runs``."""
+    picks = chosen(runs)
+    return json.dumps({f"{p}/{r}": v for (p, r), v in sorted(picks.items())}, indent=2) + "\n"
 
 
 def tables() -> None:
@@ -302,13 +413,16 @@ def tables() -> None:
         writer = csv.DictWriter(fh, fieldnames=list(runs[0]))
         writer.writeheader()
         writer.writerows(runs)
-    picks = chosen()
-    (OUT / "chosen.json").write_text(
-        json.dumps({f"{p}/{r}": v for (p, r), v in sorted(picks.items())}, indent=2) + "\n"
-    )
-    cells: dict = defaultdict(list)  # (partition, rule, attackers, attack) -> accuracies
-    for run in (r for r in runs if r["stage"] == "grid"):
-        cells[(run["partition"], run["rule"], run["f"], run["attack"])].append(run["test_accuracy"])
+    runs = load_runs(OUT / "runs.csv")  # from here on, runs.csv alone (as experiments/book.py)
+    (OUT / "chosen.json").write_text(chosen_json(runs))
+    (OUT / "tables.md").write_text(tables_md(runs))
+    print(f"wrote {OUT / 'runs.csv'} ({len(runs)} runs) and {OUT / 'tables.md'}")
+
+
+def tables_md(runs: list[dict]) -> str:
+    """tables.md: every cell of the grid and the compression table, from ``runs``."""
+    picks = chosen(runs)
+    cells = _cells(runs)
     lines = ["# Robust aggregation and compressed exchange: MNIST-1D, 8 workers", ""]
     lines += [
         "Test accuracy, mean [95% t-interval] over seeds 0-4 (n per cell in runs.csv).",
@@ -342,20 +456,10 @@ def tables() -> None:
     lines += ["", "## Compression (iid, grad_avg, no attackers)", ""]
     lines.append("| compress | error feedback | bytes per worker | x fewer | test accuracy |")
     lines.append("| --- | --- | ---: | ---: | --- |")
-    groups: dict = defaultdict(list)
-    for run in (r for r in runs if r["stage"] == "compress"):
-        groups[(run["compress"], run["error_feedback"])].append(run)
-    full = next(r["bytes_per_worker"] for r in groups[("none", None)])
-    for kind, feedback in itertools.product(("none", *COMPRESSORS), (None, "False", "True")):
-        group = groups.get((kind, feedback))
-        if not group:
-            continue
-        sent = next(r["bytes_per_worker"] for r in group if r["bytes_per_worker"] is not None)
-        accuracy = _interval([r["test_accuracy"] for r in group])
-        shown = {None: "", "False": "no", "True": "yes"}[feedback]
-        lines.append(f"| {kind} | {shown} | {sent:.3g} | {full / sent:.0f} | {accuracy} |")
-    (OUT / "tables.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT / 'runs.csv'} ({len(runs)} runs) and {OUT / 'tables.md'}")
+    for kind, feedback, sent, fewer, accuracy in _compression(runs):
+        shown = _FEEDBACK[feedback]
+        lines.append(f"| {kind} | {shown} | {sent:.3g} | {fewer:.0f} | {accuracy} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
