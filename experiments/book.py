@@ -66,6 +66,13 @@ def experiment(name: str) -> ModuleType:
 # ------------------------------------------------------------------ the sections
 
 
+@section("recipes")
+def recipes() -> Generated:
+    """The published-results table and sections 5 and 6, from results/recipes/
+    (fastdist-tune's tuning.json per recipe, fixed_runs.csv for the paper's recipe)."""
+    return experiment("recipes").book_tables()
+
+
 @section("robust")
 def robust() -> Generated:
     """Section 8, from results/robust/runs.csv: the README's worst-attack and compression
