@@ -10,9 +10,9 @@ from fastdist.combiners import FinalizeInputs, aligned_avg
 from fastdist.combiners import alignment as alignment_module
 from fastdist.combiners.alignment import (
     activation_matching,
-    hidden_activations,
     merge_many,
     permute,
+    unit_activations,
     weight_matching,
 )
 from fastdist.errors import ConfigError
@@ -172,13 +172,13 @@ def test_max_iter_and_the_other_options_are_validated():
 # --- activation matching -----------------------------------------------------------------
 
 
-def test_hidden_activations_are_the_post_relu_outputs_and_permute_with_the_units():
+def test_unit_activations_are_the_post_relu_outputs_and_permute_with_the_units():
     theta, x = _network(2), _rows(LAYOUT, 3, 50)
-    acts = hidden_activations(LAYOUT, theta, x)
+    acts = unit_activations(LAYOUT, theta, x)
     assert list(acts) == ["h1", "h2", "h3"] and acts["h2"].shape == (50, 12)
     assert acts["h1"].dtype == np.float64 and (acts["h1"] >= 0).all()
     perms = _random_perms(LAYOUT, 4)
-    moved = hidden_activations(LAYOUT, permute(LAYOUT, theta, perms), x)
+    moved = unit_activations(LAYOUT, permute(LAYOUT, theta, perms), x)
     for p, perm in zip(["h1", "h2", "h3"], perms):
         np.testing.assert_allclose(moved[p], acts[p][:, perm], rtol=1e-10, atol=1e-12)
     logits = acts["h3"] @ LAYOUT.weight(theta, 3).astype(np.float64) + LAYOUT.bias(theta, 3)
@@ -205,7 +205,7 @@ def test_dead_units_are_paired_by_their_weights():
     theta = model.init(1)
     theta += 0.05 * np.random.default_rng(1).standard_normal(model.size).astype(np.float32)
     x = _rows(model, 1, 200)
-    assert (hidden_activations(model, theta, x)["h1"].max(axis=0) == 0).sum() >= 2
+    assert (unit_activations(model, theta, x)["h1"].max(axis=0) == 0).sum() >= 2
     permuted = permute(model, theta, _random_perms(model, 11))
     perms = activation_matching(model, theta, permuted, x)
     np.testing.assert_array_equal(permute(model, permuted, perms), theta)
@@ -225,9 +225,9 @@ def test_activation_matching_needs_training_rows_and_a_model_that_shows_its_unit
 
 
 def test_activation_rows_are_a_fixed_subset_of_the_training_shards(monkeypatch):
-    seen, real = [], alignment_module.hidden_activations
+    seen, real = [], alignment_module.unit_activations
     monkeypatch.setattr(
-        alignment_module, "hidden_activations", lambda m, p, x: seen.append(x) or real(m, p, x)
+        alignment_module, "unit_activations", lambda m, p, x: seen.append(x) or real(m, p, x)
     )
     x = _rows(LAYOUT, 0, 2000)
     shards = ((x[:1500], None), (x[1500:], None))

@@ -441,3 +441,21 @@ def test_fastdist_combine_merges_saved_fine_tunes_from_their_saved_start(tmp_pat
     np.savez(run / STATES_FILE, **arrays)
     with pytest.raises(ConfigError, match="merges task vectors from a common base"):
         combine_saved(run, ["ties"])
+
+
+def test_ties_elects_the_majority_sign_where_the_sum_is_exactly_zero():
+    base = np.zeros(3, dtype=np.float32)
+    rows = np.array([[1.0, 2.0, 3.0], [-1.0, 2.0, 3.0]], dtype=np.float32)
+    merged = ties_merge(base, rows, density=1.0)
+    np.testing.assert_array_equal(merged, [1.0, 2.0, 3.0])  # +1 wins: the signs' majority
+
+
+@pytest.mark.parametrize(("name", "workers"), [("slerp", 3), ("model_stock", 1)])
+def test_a_worker_count_a_merge_cannot_take_is_refused_before_start_up(
+    name, workers, monkeypatch
+):
+    from fastdist.engine.pool import WorkerPool
+
+    monkeypatch.setattr(WorkerPool, "start", lambda self: 1 / 0)
+    with pytest.raises(ConfigError, match=f"{name} .*got {workers}"):
+        fastdist.train(fastdist.compose(small_run(f"workers={workers}", f"combiner={name}")))

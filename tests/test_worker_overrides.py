@@ -50,6 +50,9 @@ def test_ragged_steps_end_each_worker_at_its_own_step_and_score_every_evaluation
     assert result.samples_seen.tolist() == [4 * 16, 10 * 16]
     scored = [r["step"] for r in result.history if r.get("test_accuracy") is not None]
     assert scored == [0, 5, 10]  # past worker 0's last step, its final row is used
+    steps = [r["step"] for r in result.history]
+    assert steps == sorted(set(steps))  # rows in order: none waits for a finished worker
+    assert all(r["lr"] is None for r in result.history)  # the workers' rates differ
     short = _train("steps=4")
     np.testing.assert_array_equal(result.worker_params[0], short.worker_params[0])
     # The run's last evaluation is the combined model that metrics.json scores.
@@ -60,6 +63,25 @@ def test_epochs_per_worker_count_the_run_s_epochs():
     result = _train("steps=null", "epochs=2", "worker_overrides.epochs=[1,2]")
     per_epoch = 512 // 2 // 16
     assert result.metrics["worker_steps"] == [per_epoch, 2 * per_epoch]
+    # With uneven shards too: an epoch is the run's, the same on every node.
+    skewed = ["steps=null", "epochs=2", "partition=dirichlet", "partition.alpha=0.5"]
+    run = _train(*skewed, "combiner=weight_avg")
+    same = _train(*skewed, "combiner=weight_avg", "worker_overrides.epochs=[2,2]")
+    assert same.metrics["worker_steps"] == [run.metrics["steps"]] * 2
+
+
+def test_one_data_seed_gives_two_workers_one_data_order():
+    result = _train("partition=replicate", "worker_overrides.data_seed=[3,3]")
+    np.testing.assert_array_equal(result.worker_params[0], result.worker_params[1])
+    assert result.metrics["worker_data_seed"] == [3, 3]
+
+
+def test_different_lengths_are_a_choice_not_a_failure_in_the_merge():
+    result = _train("combiner=weight_avg", "worker_overrides.steps=[0,10]")
+    expected = (result.worker_params.astype(np.float64).sum(axis=0) / 2).astype(np.float32)
+    np.testing.assert_allclose(result.combined.members[0], expected, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(result.worker_params[0], result.base)
+    assert result.history[-1]["test_accuracy"] == result.metrics["test_accuracy"]
 
 
 def test_zero_steps_from_a_saved_model_returns_it_exactly(tmp_path):
@@ -107,6 +129,8 @@ def test_independent_workers_have_no_common_start():
         (["worker_overrides.steps=[4,8]", "checkpoint.every=2"], "checkpoint.every needs"),
         (["worker_overrides.steps=[4,8]", "worker_overrides.epochs=[1,2]"], "not both"),
         (["worker_overrides.steps=[-1,8]"], "must be >= 0"),
+        (["worker_overrides.data_seed=[-1,2]"], r"data_seed must be in \[0, 2\*\*32\)"),
+        (["combiner=local_sgd", "worker_overrides.epochs=[1,2]"], "local_sgd meets"),
         (["worker_overrides.optimizer.momentum=[0.1,0.2]", "optimizer=adamw"], "no option"),
         (["worker_overrides.schedule=[cosine,nope]"], "unknown schedule 'nope'"),
         (["worker_overrides.optimizer.lr=[0.1,-1.0]"], "worker 1: optimizer.lr must be > 0"),

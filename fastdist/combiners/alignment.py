@@ -10,7 +10,7 @@ Git Re-Basin permutes the units of one network to match another's, then averages
   parameters, one permutation at a time (a linear assignment, solved with the Hungarian
   method) with the others held fixed, over the permutations in random order until none
   improves;
-- activation matching (Section 3.1): maximise the inner product of each hidden layer's
+- activation matching (Section 3.1): maximise the inner product of each layer's unit
   activations on the same training rows; the activations of one layer do not depend on
   how the other layers are ordered, so this is one linear assignment per permutation;
 - MergeMany (Algorithm 3), for more than two networks: visit the networks in random
@@ -39,14 +39,12 @@ from fastdist.combiners.base import (
 from fastdist.combiners.exchange import no_exchange
 from fastdist.errors import ConfigError
 from fastdist.models.base import Model, PermutationSpec
-from fastdist.models.cnn_record import CNN
-from fastdist.models.mlp import MLP
 
 __all__ = [
     "permute",
     "weight_matching",
     "activation_matching",
-    "hidden_activations",
+    "unit_activations",
     "supports_activations",
     "merge_many",
     "aligned_avg",
@@ -161,7 +159,7 @@ def _match(
     permutation touches (the other permutations' current values applied to the other
     axes), and the best permutation is a linear assignment. Sweeps stop when none
     improves, or after ``max_iter``. Weight matching runs it on the parameters,
-    activation matching on the hidden activations (one tensor per permutation).
+    activation matching on the units' activations (one tensor per permutation).
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -219,8 +217,8 @@ def weight_matching(
 
 
 def supports_activations(model: Model) -> bool:
-    """Whether :func:`hidden_activations` knows where ``model``'s hidden units live."""
-    return isinstance(model, MLP | CNN)
+    """Whether ``model``'s record gives its units' activations (``unit_activations``)."""
+    return type(model).unit_activations is not Model.unit_activations
 
 
 def _activation_spec(spec: PermutationSpec) -> PermutationSpec:
@@ -232,13 +230,13 @@ def _activation_spec(spec: PermutationSpec) -> PermutationSpec:
 def _activation_reps(
     model: Model, rows: list[np.ndarray], x: np.ndarray
 ) -> tuple[PermutationSpec, list[Tensors]]:
-    """What activation matching compares, per network: its hidden activations on ``x``
+    """What activation matching compares, per network: its units' activations on ``x``
     (``act:<perm>``), and its weights scaled so that their inner products weigh
     ``TIE_BREAK`` times the activations' in total. The weights only break ties: units
     that never fire on ``x`` (dead ReLUs) have identical, all-zero activations, and
     would otherwise be paired arbitrarily."""
     spec = require_permutation_spec(model)
-    acts = [hidden_activations(model, row, x) for row in rows]
+    acts = [unit_activations(model, row, x) for row in rows]
     weights = [_weights(model, row) for row in rows]
     act_norm = sum(float(np.vdot(a, a)) for rep in acts for a in rep.values())
     weight_norm = sum(float(np.vdot(w, w)) for rep in weights for w in rep.values())
@@ -258,25 +256,14 @@ def _fixed_subset(samples: np.ndarray) -> np.ndarray:
     return samples[np.sort(rows)]
 
 
-def hidden_activations(model: Model, params: np.ndarray, x: np.ndarray) -> Tensors:
-    """Per permutation of the model's spec, its units' post-ReLU outputs on ``x``, as a
-    float64 ``(samples, units)`` matrix: a row per input row for dense layers, per input
-    row and position for conv channels (as the paper treats convolutions). Read from the
-    model's NumPy reference forward (``per_example_forward``), in float64."""
-    params = np.asarray(params, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
-    if isinstance(model, MLP):
-        hidden = model.per_example_forward(params, x)[1]  # inputs, hidden..., logits
-        return {f"h{j + 1}": hidden[j + 1] for j in range(model.n_layers - 1)}
-    if isinstance(model, CNN):
-        _, (convs, dense) = model.per_example_forward(params, x)
-        out = {}
-        for layer, (_, z, _) in enumerate(convs):  # z: post-ReLU map (rows, h, w, c)
-            out[f"c{layer}"] = _fixed_subset(z.reshape(-1, z.shape[-1]))
-        for j in range(len(model.dense) - 2):
-            out[f"h{j + 1}"] = dense[j + 1]
-        return out
-    raise ConfigError(f"aligned_avg matching=activation cannot read model {model.name}'s units")
+def unit_activations(model: Model, params: np.ndarray, x: np.ndarray) -> Tensors:
+    """Per permutation of the model's spec, its units' outputs on ``x`` (the record's
+    ``unit_activations``, float64 ``(samples, units)``), conv maps cut to a fixed subset
+    of at most ``_MAX_ACTIVATION_SAMPLES`` (row, position) samples."""
+    acts = model.unit_activations(params, x)
+    if acts is None:
+        raise ConfigError(f"aligned_avg matching=activation cannot read model {model.name}'s units")
+    return {name: _fixed_subset(np.asarray(z, dtype=np.float64)) for name, z in acts.items()}
 
 
 def activation_matching(
@@ -423,8 +410,8 @@ def aligned_avg(
         require_permutation_spec(model)
         if matching == "activation" and not supports_activations(model):
             raise ConfigError(
-                f"aligned_avg matching=activation cannot read model {model.name}'s hidden "
-                "activations (only mlp and cnn): use matching=weight"
+                f"aligned_avg matching=activation cannot read model {model.name}'s unit "
+                "activations (its record has no unit_activations): use matching=weight"
             )
 
     def finalize(inputs: FinalizeInputs) -> CombinedModel:

@@ -88,6 +88,9 @@ class Combiner:
     # Raises ConfigError when the model lacks what finalize needs (called before any
     # worker starts).
     check_model: Callable[[Model], None] | None = None
+    # Raises ConfigError when finalize cannot merge this many workers (slerp: exactly
+    # two), called with the run's total before any worker starts.
+    check_workers: Callable[[int], None] | None = None
 
     @property
     def sync(self) -> Sync:

@@ -105,9 +105,11 @@ def task_arithmetic_merge(
 def ties_trim(tau: np.ndarray, density: float, segments: Segments = None) -> np.ndarray:
     """TIES step 1, *trim*: keep the ``ceil(density * n)`` entries of largest magnitude of
     each task vector (each row; of each segment of it when ``segments`` are given), zero
-    the rest: the count the paper's code keeps (it resets ``int(n * (1 - density))``),
-    computed without its float rounding (``60 * (1 - 0.55)`` is 26.999...). Equal
-    magnitudes are kept lowest index first, so the count is exact and deterministic."""
+    the rest. The paper's code keeps every entry at or above the magnitude of rank
+    ``n - int(n * density)`` (``kthvalue``, ``>=``): ``int(n * density) + 1`` entries
+    without ties, the same count except where ``density * n`` is a whole number, where
+    it keeps one more. Equal magnitudes are kept lowest index first, so the count is
+    exact and deterministic."""
     tau = np.asarray(tau, dtype=np.float64)
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
@@ -126,8 +128,10 @@ def _elect_and_merge(trimmed: np.ndarray) -> np.ndarray:
     """TIES steps 2 and 3 (Yadav et al. 2023, Algorithm 1): the elected sign
     ``gamma = sgn(sum_k trimmed_k)`` (the sign of greater total mass), then the
     *disjoint mean*: per coordinate, the mean over the task vectors whose trimmed entry
-    is nonzero and has sign ``gamma`` (0 where none has)."""
+    is nonzero and has sign ``gamma`` (0 where none has). Where the sum is exactly 0 the
+    paper's code elects the majority sign of all the elected signs; so does this."""
     gamma = np.sign(trimmed.sum(axis=0))
+    gamma[gamma == 0] = np.sign(gamma.sum())
     agree = (np.sign(trimmed) == gamma) & (trimmed != 0)
     total = np.where(agree, trimmed, 0.0).sum(axis=0)
     count = agree.sum(axis=0)
@@ -347,8 +351,34 @@ def _choose(
     return merged[best], info
 
 
-def _combiner(name: str, finalize: Callable, init: str, selecting: bool = False) -> Combiner:
-    return Combiner(name, no_exchange(), finalize, init=init, needs_validation=selecting)
+def _combiner(
+    name: str,
+    finalize: Callable,
+    init: str,
+    selecting: bool = False,
+    check_workers: Callable[[int], None] | None = None,
+) -> Combiner:
+    return Combiner(
+        name,
+        no_exchange(),
+        finalize,
+        init=init,
+        needs_validation=selecting,
+        check_workers=check_workers,
+    )
+
+
+def _two_workers(n: int) -> None:
+    if n != 2:
+        raise ConfigError(f"slerp interpolates exactly 2 workers, got {n}: set workers=2")
+
+
+def _two_or_more(n: int) -> None:
+    if n < 2:
+        raise ConfigError(
+            "model_stock needs at least 2 workers (it reads the angle between their "
+            f"task vectors), got {n}"
+        )
 
 
 # ------------------------------------------------------------------ the combiners
@@ -488,13 +518,10 @@ def slerp(t: float = 0.5, init: str = "shared") -> Combiner:
 
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
         rows = inputs.worker_params
-        if len(rows) != 2:
-            raise ConfigError(
-                f"slerp interpolates exactly 2 workers, got {len(rows)}: set workers=2"
-            )
+        _two_workers(len(rows))
         return CombinedModel((slerp_merge(rows[0], rows[1], t, _segments(inputs.model)),))
 
-    return _combiner("slerp", finalize, init)
+    return _combiner("slerp", finalize, init, check_workers=_two_workers)
 
 
 def model_stock(init: str = "shared") -> Combiner:
@@ -507,13 +534,9 @@ def model_stock(init: str = "shared") -> Combiner:
     def finalize(inputs: FinalizeInputs) -> CombinedModel:
         base = _require_base(inputs, "model_stock")
         rows = inputs.worker_params
-        if len(rows) < 2:
-            raise ConfigError(
-                f"model_stock needs at least 2 workers (it reads the angle between their "
-                f"task vectors), got {len(rows)}"
-            )
+        _two_or_more(len(rows))
         merged, ratios = _model_stock(base, rows, _segments(inputs.model))
         names = inputs.model.layout.names
         return CombinedModel((merged,), info={"ratio": dict(zip(names, map(float, ratios)))})
 
-    return _combiner("model_stock", finalize, init)
+    return _combiner("model_stock", finalize, init, check_workers=_two_or_more)

@@ -179,6 +179,11 @@ class Model(abc.ABC):
         """Axes whose order does not change the function (alignment); None if unknown."""
         return None
 
+    def unit_activations(self, params: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Per permutation of :meth:`permutation_spec`, its units' outputs on ``x`` as a
+        float64 ``(samples, units)`` matrix (activation matching); None if unknown."""
+        return None
+
     def per_example_forward(self, params: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, Any]:
         """(logits, cache) in the dtype of ``params``, for per-example gradients."""
         raise NotImplementedError(f"model {self.name} does not provide per-example gradients")

@@ -172,6 +172,16 @@ class CNN(Model):
             perms.append((f"h{j + 1}", pairs))
         return PermutationSpec(tuple(perms))
 
+    def unit_activations(self, params, x):
+        """Conv channel ``l``'s post-ReLU map, one row per input row and position (as
+        Ainsworth et al. treat convolutions); dense hidden units as in the MLP."""
+        _, (convs, dense) = self.per_example_forward(
+            np.asarray(params, np.float64), np.asarray(x, np.float64)
+        )
+        out = {f"c{layer}": z.reshape(-1, z.shape[-1]) for layer, (_, z, _) in enumerate(convs)}
+        out.update({f"h{j + 1}": dense[j + 1] for j in range(len(self.dense) - 2)})
+        return out
+
     def per_example_forward(self, params, x):
         from fastdist.models.kernels.reference_cnn import forward
 

@@ -121,6 +121,14 @@ class MLP(Model):
             )
         )
 
+    def unit_activations(self, params, x):
+        """Hidden unit ``j + 1``'s post-ReLU outputs, one row per input row."""
+        outputs = self.per_example_forward(
+            np.asarray(params, np.float64), np.asarray(x, np.float64)
+        )
+        layers = outputs[1]  # inputs, hidden..., logits
+        return {f"h{j + 1}": layers[j + 1] for j in range(self.n_layers - 1)}
+
     def per_example_forward(self, params, x):
         from fastdist.models.kernels.reference_mlp import hidden_outputs
 

@@ -73,7 +73,9 @@ def _set_lists(node) -> dict:
     if not isinstance(node, dict):
         return {}
     flat = {f"optimizer.{k}": v for k, v in (node.get("optimizer") or {}).items()}
-    flat.update({k: v for k, v in node.items() if k != "optimizer"})
+    # Like the run's own steps and epochs, the lengths are left out: a longer run may
+    # resume a shorter one's checkpoint.
+    flat.update({k: v for k, v in node.items() if k not in ("optimizer", "steps", "epochs")})
     return {k: v for k, v in flat.items() if v is not None}
 
 

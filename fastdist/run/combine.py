@@ -83,8 +83,8 @@ def combine_model(
     }
     independent_rows = worker_params.shape[0] > 1
     if diagnostics and independent_rows:
-        # The train-loss barrier on worker 0's training rows (never the validation split).
-        train = data.shard_arrays()[0] if data.shards else None
+        # The train-loss barrier on a subset of every worker's rows (not validation).
+        train = data.training_arrays()
         diag = worker_diagnostics(model, worker_params, x_test, y_test, train=train)
         metrics.update(diag)
         if len(combined.members) > 1:

@@ -120,11 +120,13 @@ def train(cfg) -> RunResult:
         base = read_base(cfg.init_from, model) if cfg.init_from else None
         plan = plan_run(cfg, data, place, optimizer, lr_schedule)
         check_worker_overrides(cfg, combiner, optimizer, place.total_workers)
+        if combiner.check_workers is not None:
+            combiner.check_workers(place.total_workers)
         per_worker = worker_settings(
-            cfg, optimizer, plan.rates, place.total_workers, plan.steps_per_epoch
+            cfg, optimizer, plan.rates, place.total_workers, plan.epoch_steps
         )
         if per_worker is not None:  # the run lasts as long as its longest worker
-            plan = dataclasses.replace(plan, total_steps=max(per_worker.steps))
+            plan = per_worker.plan(plan, combiner, cfg)
         # 2. One shared-memory arena: parameters, optimizer state, gradients.
         arrays = arena_arrays(model, optimizer, combiner, place, plan)
         check_memory_plan(arena_bytes(arrays), what="this run's arena")
@@ -163,12 +165,15 @@ def train(cfg) -> RunResult:
                 return RunResult({}, params.copy(), model, np.zeros(0), fraction)
             # 4-5. Combine and evaluate, inside the arena's and the rows' lifetime:
             # data-dependent combiners read the shards.
+            seen = trained.samples_seen
+            if per_worker is not None and per_worker.ragged:  # lengths chosen, not failures
+                seen = per_worker.merge_samples(seen, plan.batch)
             metrics, combined = combine_model(
                 combiner,
                 trained.worker_params,
                 model,
                 data,
-                trained.samples_seen,
+                seen,
                 int(cfg.seed),
                 bool(cfg.diagnostics),
                 base=start,

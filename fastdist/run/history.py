@@ -138,16 +138,21 @@ class StepReporter:
         self.loss_sum += loss * batch
         self.seen += batch
         evaluate_now = self._evaluates(step)
-        last = step == self.total or step == self.own_total
-        if not (step % self.every == 0 or last or evaluate_now):
+        # A worker with fewer steps than the run (worker_overrides) reports its last
+        # ones with the run's next row, which then completes without waiting for it.
+        finished = step == self.own_total < self.total
+        if not (step % self.every == 0 or step == self.total or evaluate_now or finished):
             return
+        row_step = step
+        if finished and not (step % self.every == 0 or evaluate_now):
+            row_step = min(-(-step // self.every) * self.every, self.total)
         snapshot = evaluate_now and self.params is not None
         if snapshot:
             while self.flags[_TAKEN] != self.flags[_WRITTEN]:
                 time.sleep(0.0002)  # the coordinator has not copied the last one yet
             self.snapshot[:] = self.params
             self.flags[_WRITTEN] = step
-        payload = {"step": step, "loss_sum": self.loss_sum, "seen": self.seen}
+        payload = {"step": row_step, "loss_sum": self.loss_sum, "seen": self.seen}
         payload.update(time=time.monotonic(), evaluate=evaluate_now, snapshot=snapshot)
         self.ctx.send("step", payload)
         self.loss_sum, self.seen = 0.0, 0
@@ -173,6 +178,7 @@ class History:
         arena=None,
         sinks: tuple = (),
         fills_finished: bool = False,
+        own_steps: tuple[int, ...] | None = None,
     ) -> None:
         self.workers, self.batch, self.steps_per_epoch = workers, batch, steps_per_epoch
         self.lr, self.exchange, self.sync_bytes = lr, exchange, sync_bytes
@@ -181,6 +187,9 @@ class History:
         # Workers train different step counts (worker_overrides): an evaluation after a
         # worker's last step scores its final row, which no longer changes.
         self.fills_finished = fills_finished
+        # Each worker's own step count (worker_overrides): a row past a worker's last
+        # step is complete without its report.
+        self.own_steps = own_steps
         self.listeners: list[Callable[[dict], None]] = []
         self.rows: list[dict] = []
         self.start: float | None = None
@@ -223,8 +232,14 @@ class History:
             flags[_TAKEN] = flags[_WRITTEN]  # the worker may write its next snapshot
         reports = self._pending.setdefault(step, {})
         reports[rank] = payload
-        if len(reports) == self.workers:
+        if len(reports) == self.workers or self._complete(step, reports):
             self._emit(step)
+
+    def _complete(self, step: int, reports: dict) -> bool:
+        if self.own_steps is None:
+            return False
+        due = {r for r in range(self.workers) if self.own_steps[r] >= step}
+        return due <= set(reports) and bool(reports)
 
     def _emit(self, step: int) -> None:
         # Rank order, not arrival order: that is timing (a warm pool's differs from a

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastdist.optim.schedules import LearningRate, lr_scale
 from fastdist.run.config_schema import enum_value
-from fastdist.run.preparation import PreparedData, plan_steps
+from fastdist.run.preparation import PreparedData, epoch_steps, plan_steps
 from fastdist.run.watch import history_plan
 
 __all__ = ["Placement", "RunPlan", "plan_run"]
@@ -58,6 +58,7 @@ class RunPlan:
     history_every: int
     eval_every: int  # steps between scores of the combined model (0 = never)
     eval_at_sync: bool  # ... at the first sync at or past each of them
+    epoch_steps: int = 1  # one epoch of the run (every node's: worker_overrides.epochs)
 
 
 def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) -> RunPlan:
@@ -78,4 +79,5 @@ def plan_run(cfg, data: PreparedData, place: Placement, optimizer, lr_schedule) 
         history_every,
         eval_every,
         bool(cfg.eval.at_sync),
+        epoch_steps(data.n_train, place.total_workers, batch, smallest),
     )

@@ -33,6 +33,7 @@ __all__ = [
     "prepare_data",
     "validation_fraction",
     "plan_steps",
+    "epoch_steps",
     "init_seed",
     "shared_data_bytes",
     "validation_rows",
@@ -74,6 +75,12 @@ class PreparedData:
             (ShardRows(ds.x_train, self.rows[lo:hi]), ShardRows(ds.y_train, self.rows[lo:hi]))
             for lo, hi in self.shards
         )
+
+    def training_arrays(self) -> tuple[ShardRows, ShardRows]:
+        """Every training row (all shards, never the validation split) as ``(x, y)``,
+        read through the index like :meth:`shard_arrays`."""
+        ds = self.dataset
+        return ShardRows(ds.x_train, self.rows), ShardRows(ds.y_train, self.rows)
 
     def rows_spec(self, part: slice = slice(None)) -> RowsSpec:
         """What a worker opens (``shared=True`` only): features, labels, and the rows
@@ -237,6 +244,13 @@ def plan_steps(
     if cfg.steps is not None:
         return batch, int(cfg.steps)
     return batch, int(cfg.epochs) * (shard // batch)
+
+
+def epoch_steps(n_train: int, workers: int, batch: int, smallest_shard: int) -> int:
+    """The steps of one epoch as :func:`plan_steps` counts them: the same on every node
+    of a ``dist=mpi`` job (it depends on the whole training set, not a node's shards)."""
+    shard = n_train if smallest_shard == n_train else n_train // workers
+    return max(shard // batch, 1)
 
 
 def init_seed(seed: int, worker: int, init: str) -> int:

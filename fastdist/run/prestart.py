@@ -63,4 +63,6 @@ def check_job(cfg, overrides: Sequence[str] = ()) -> CheckedJob:
     workers = int(cfg.workers) * (1 if dist == "local" else 0)
     if workers:  # dist=mpi: the run checks them once every node's workers are known
         check_worker_overrides(cfg, combiner, optimizer, workers)
+        if combiner.check_workers is not None:
+            combiner.check_workers(workers)
     return CheckedJob(combiner, optimizer, schedule)

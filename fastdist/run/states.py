@@ -90,20 +90,26 @@ def load_states(path: str | Path, workers: int, n_params: int) -> dict:
     need = checker(f"{path}: ")
     params, seen = raw["worker_params"], raw["samples_seen"]
     need(params.dtype.kind == "f", f"worker_params must be floats, got {params.dtype}")
+    params = _as_float32(params)  # checked after the cast: 1e300 would become inf
     need(bool(np.isfinite(params).all()), "worker_params contain NaN or infinite values")
     need(seen.dtype.kind in "iuf", f"samples_seen must be numbers, got {seen.dtype}")
     need(bool(np.isfinite(seen).all() and (seen >= 0).all()), "samples_seen must be >= 0")
     base = raw.get(_BASE)
     if base is not None:
         need(base.dtype.kind == "f", f"{_BASE} must be floats, got {base.dtype}")
+        base = _as_float32(base)
         need(bool(np.isfinite(base).all()), f"{_BASE} contain NaN or infinite values")
-        base = base.astype(np.float32, copy=False)
     return {
         **settings,
-        "worker_params": params.astype(np.float32, copy=False),
+        "worker_params": params,
         "samples_seen": seen,
         "base": base,
     }
+
+
+def _as_float32(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(np.float32, copy=False)
 
 
 def _states_path(path: str | Path) -> Path:

@@ -53,12 +53,15 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
     quiet = bool(cfg.quiet) or place.node != 0
     history = None
     scores = bool(spec.eval_every) and place.node == 0
+    ragged = spec.per_worker is not None and spec.per_worker.ragged
+    first = place.first_worker
+    own_steps = spec.per_worker.steps[first : first + place.workers] if ragged else None
     if spec.history_every:
         history = History(
             workers=place.workers,
             batch=spec.batch_size,
             steps_per_epoch=steps_per_epoch,
-            lr=lambda step: learning_rate(optimizer, step, spec.rates),
+            lr=_rate_column(optimizer, spec),
             exchange=combiner.exchange,
             total_steps=spec.total_steps,
             sync_bytes=bytes_per_sync(
@@ -72,7 +75,8 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
             arena=arena,
             # MPI ranks > 0 record nothing: rank 0 writes the run's files.
             sinks=make_sinks(cfg.logger, run_dir(), COLUMNS) if place.node == 0 else [],
-            fills_finished=spec.per_worker is not None and spec.per_worker.ragged,
+            fills_finished=ragged,
+            own_steps=own_steps if ragged else None,
         )
     display = make_display(
         enum_value(cfg.progress),
@@ -86,6 +90,16 @@ def watch(cfg, *, place, spec, model, optimizer, combiner, data, arena, steps_pe
         if bool(cfg.verbose) and not quiet:
             history.listeners.append(_log_row)
     return EpochLog(place.workers, quiet=quiet, history=history, display=display)
+
+
+def _rate_column(optimizer, spec):
+    """history.csv's lr: the rate every worker used at that step; empty when the
+    workers follow different rates (worker_overrides: metrics.json's worker_lr_*)."""
+    own = spec.per_worker
+    if own is not None and not own.same_rates:
+        return lambda step: None
+    rates = spec.rates if own is None else own.rates[0]
+    return lambda step: learning_rate(optimizer, step, rates)
 
 
 def _log_row(row: dict) -> None:

@@ -77,12 +77,14 @@ class WorkerSpec:
     # rates, steps and data-order seed, by global rank; None: the run's for everyone.
     per_worker: WorkerSettings | None = None
 
-    def settings_of(self, row: int) -> tuple[Optimizer, LearningRate | None, int, int]:
-        """(optimizer, rates, steps, data-order seed) of global worker ``row``."""
+    def settings_of(self, row: int) -> tuple[Optimizer, LearningRate | None, int, tuple]:
+        """(optimizer, rates, steps, (seed, stream) of the data order) of global worker
+        ``row``."""
         own = self.per_worker
         if own is None:
-            return self.optimizer, self.rates, self.total_steps, self.seed
-        return own.optimizers[row], own.rates[row], own.steps[row], own.data_seeds[row]
+            return self.optimizer, self.rates, self.total_steps, (self.seed, row)
+        order = own.order_of(row, self.seed)
+        return own.optimizers[row], own.rates[row], own.steps[row], order
 
 
 def epoch_order(seed: int, rank: int, epoch: int, shard_size: int) -> np.ndarray:
@@ -106,7 +108,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     rank = ctx.rank
     row = spec.rank_offset + rank  # this worker's row in every per-worker array
     model, exchange = spec.model, spec.exchange
-    opt, rates, total_steps, order_seed = spec.settings_of(row)
+    opt, rates, total_steps, (order_seed, order_stream) = spec.settings_of(row)
     kernel = model.kernel(spec.backend, spec.batch_size)  # backend imports happen here
     batch = spec.batch_size
     # The shard is a slice of the row order: rows stored once, shuffled by index.
@@ -164,7 +166,7 @@ def _train(ctx, spec: WorkerSpec, arena: SharedArena, rows, blas_thread_counts) 
     step = spec.start_step
     epoch, first_batch = divmod(step, steps_per_epoch)
     while step < total_steps:
-        order = epoch_order(order_seed, row, epoch, hi - lo)
+        order = epoch_order(order_seed, order_stream, epoch, hi - lo)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.monotonic()
         for b in range(first_batch, steps_per_epoch):

@@ -21,6 +21,8 @@ import dataclasses
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
+
 from fastdist.combiners.base import Combiner
 from fastdist.combiners.exchange import Sync
 from fastdist.conf import preset, registered, resolve
@@ -42,21 +44,82 @@ class WorkerSettings:
     optimizers: tuple[Optimizer, ...]
     rates: tuple[LearningRate, ...]
     steps: tuple[int, ...]
-    data_seeds: tuple[int, ...]
+    # worker_overrides.data_seed: each worker's data order is a function of its seed
+    # alone (two workers with one seed visit their rows in one order); None: the run's
+    # (seed, rank) order, as without overrides.
+    data_seeds: tuple[int, ...] | None = None
 
     @property
     def ragged(self) -> bool:
         return len(set(self.steps)) > 1
 
+    @property
+    def same_rates(self) -> bool:
+        """Whether every worker follows the same rate at every step."""
+        return len(set(self.rates)) == 1
+
+    def order_of(self, row: int, seed: int) -> tuple[int, int]:
+        """(seed, stream) of worker ``row``'s data order (run/worker.py epoch_order)."""
+        if self.data_seeds is None:
+            return seed, row
+        return self.data_seeds[row], 0
+
+    def plan(self, plan, combiner: Combiner, cfg):
+        """The run's plan with these step counts: as long as the longest worker, its own
+        rates over that horizon. Different counts are refused (one line) where a worker
+        would wait for one that has finished: an exchange that meets during training,
+        or checkpoints (also under dist=mpi, where every node computes the same counts
+        from the whole training set)."""
+        _refuse_ragged(self.steps, combiner, cfg)
+        total = max(self.steps)
+        rates = plan.rates
+        rates = LearningRate(rates.base, rates.scale, rates.schedule, max(total, 1))
+        return dataclasses.replace(plan, total_steps=total, rates=rates)
+
+    def merge_samples(self, samples_seen: np.ndarray, batch: int) -> np.ndarray:
+        """The samples a merge weighs each worker by: a worker that trained all of its
+        own steps counts as complete however many they were (different lengths are a
+        choice, not a failure); one that failed part-way counts the fraction it did."""
+        longest = max(self.steps) * batch
+        done = []
+        for seen, steps in zip(np.asarray(samples_seen), self.steps):
+            fraction = 1.0 if steps == 0 else min(float(seen) / (steps * batch), 1.0)
+            done.append(round(fraction * longest))
+        return np.asarray(done, dtype=np.int64)
+
     def summary(self) -> dict:
         """metrics.json's ``worker_*`` keys: each worker's effective settings."""
         return {
             "worker_lr": [rate.base for rate in self.rates],
+            "worker_lr_peak": [rate.peak for rate in self.rates],
+            "worker_lr_last_step": [rate(max(n - 1, 0)) for rate, n in self._rates_steps()],
+            "worker_lr_horizon": [rate.schedule.horizon(n) for rate, n in self._rates_steps()],
             "worker_schedule": [rate.schedule.name for rate in self.rates],
             "worker_steps": list(self.steps),
-            "worker_data_seed": list(self.data_seeds),
+            "worker_data_seed": None if self.data_seeds is None else list(self.data_seeds),
             "worker_optimizer": [_options(opt) for opt in self.optimizers],
         }
+
+    def _rates_steps(self):
+        return [(rate, max(n, 1)) for rate, n in zip(self.rates, self.steps)]
+
+
+def _refuse_ragged(steps, combiner: Combiner, cfg) -> None:
+    """One line where different step counts would leave a worker waiting."""
+    if len(set(steps)) < 2:
+        return
+    if combiner.exchange.kind is not Sync.NONE:
+        raise ConfigError(
+            f"worker_overrides give the workers different step counts ({list(steps)}), but "
+            f"{combiner.name} meets during training and a finished worker would never "
+            "reach the next sync; give every worker the same steps, or use an "
+            "end-of-training combiner"
+        )
+    if cfg.checkpoint.every is not None:
+        raise ConfigError(
+            "worker_overrides give the workers different step counts: checkpoint.every "
+            "needs every worker at the same step"
+        )
 
 
 def _options(opt: Optimizer) -> dict:
@@ -101,18 +164,11 @@ def check_worker_overrides(cfg, combiner: Combiner, optimizer: Optimizer, worker
     for key in ("steps", "epochs"):
         if key in lists and min(int(v) for v in lists[key]) < 0:
             raise ConfigError(f"worker_overrides.{key} must be >= 0, got {lists[key]}")
-    ragged = any(len({int(v) for v in lists.get(k, [0])}) > 1 for k in ("steps", "epochs"))
-    if ragged and combiner.exchange.kind is not Sync.NONE:
-        raise ConfigError(
-            f"worker_overrides give the workers different step counts, but {combiner.name} "
-            "meets during training and a finished worker would never reach the next sync; "
-            "give every worker the same steps, or use an end-of-training combiner"
-        )
-    if ragged and cfg.checkpoint.every is not None:
-        raise ConfigError(
-            "worker_overrides give the workers different step counts: checkpoint.every "
-            "needs every worker at the same step"
-        )
+    seeds = lists.get("data_seed") or []
+    if any(not 0 <= int(s) < 2**32 for s in seeds):
+        raise ConfigError(f"worker_overrides.data_seed must be in [0, 2**32), got {seeds}")
+    # Epochs become steps once the data are known (WorkerSettings.plan checks again).
+    _refuse_ragged([int(v) for v in lists.get("steps", lists.get("epochs", []))], combiner, cfg)
     _optimizers(cfg, optimizer, lists, workers)
     _schedules(lists, workers, None)
 
@@ -177,9 +233,10 @@ def worker_settings(
         steps = tuple(int(v) * steps_per_epoch for v in lists["epochs"])
     else:
         steps = (rates.total_steps,) * workers
-    seeds = lists.get("data_seed") or [int(cfg.seed)] * workers
+    seeds = lists.get("data_seed")
     worker_rates = tuple(
         LearningRate(opt.lr, rates.scale, schedule, max(total, 1))
         for opt, schedule, total in zip(optimizers, schedules, steps)
     )
-    return WorkerSettings(optimizers, worker_rates, steps, tuple(int(s) for s in seeds))
+    data_seeds = None if seeds is None else tuple(int(s) for s in seeds)
+    return WorkerSettings(optimizers, worker_rates, steps, data_seeds)
