@@ -4,7 +4,11 @@
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.profile_cnn [--batch 64]
 
 Phases per conv layer: im2col, forward GEMM, backward-weights GEMM (cols.T @ dZ),
-backward-data GEMM (dZ @ W.T) and col2im; then the whole step for comparison.
+backward-data GEMM (dZ @ W.T) and col2im; for a layer that runs through Winograd
+(:mod:`fastdist.models.kernels.numba_winograd`), im2col and backward-weights GEMM (its
+backward-weights is still im2col + GEMM), the kernel transforms, and the Winograd
+forward (with bias and ReLU) and backward-data instead. Then the whole step for
+comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ import numpy as np
 
 from benchmarks.peers.cnn_peers import w3_model
 from fastdist.models.kernels.numba_im2col import col2im, im2col
+from fastdist.models.kernels.numba_winograd import (
+    winograd_backward_data,
+    winograd_forward,
+    winograd_kernels,
+)
 
 
 def _ms(fn, repeats: int = 7) -> float:
@@ -37,7 +46,8 @@ def profile(batch: int) -> dict[str, float]:
     x = rng.standard_normal((batch, model.n_inputs)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
     kernel = model.kernel("numba", batch)
-    offs = kernel._workspace(batch)[0]
+    workspace = kernel._workspace(batch)
+    offs, (wu, wv, wm, wpad, wtmp) = workspace[0], workspace[-1]
     out: dict[str, float] = {}
     a = x.reshape(-1)
     for layer, c in enumerate(model.convs):
@@ -61,13 +71,30 @@ def profile(batch: int) -> dict[str, float]:
 
         name = f"conv{layer} (chunks of {step} samples)"
         out[f"{name} im2col"] = _ms(run(lambda b0, b1: im2col(a, layer == 0, g, b0, b1, cols)))  # noqa: B023
-        out[f"{name} forward GEMM"] = _ms(
-            run(lambda b0, b1: np.dot(cols_of(b0, b1), w, z[b0 * per : b1 * per]))  # noqa: B023
-        )
+        if offs[layer, 5]:
+            name = f"conv{layer} (Winograd, one sample at a time)"
+            bias = model.conv_bias(params, layer)
+            zf, dzf = z.reshape(-1), dz.reshape(-1)
+            out[f"{name} kernel transforms"] = _ms(
+                lambda: [winograd_kernels(w, c.cin, c.cout, back, wu) for back in (False, True)]  # noqa: B023
+            )
+            winograd_kernels(w, c.cin, c.cout, False, wu)
+            out[f"{name} forward (+ bias, ReLU)"] = _ms(
+                lambda: winograd_forward(a, g, batch, wu, bias, zf, wv, wm, wtmp)  # noqa: B023
+            )
+            winograd_kernels(w, c.cin, c.cout, True, wu)
+            out[f"{name} backward-data"] = _ms(
+                lambda: winograd_backward_data(dzf, g, batch, wu, da, wv, wm, wpad, wtmp)  # noqa: B023
+            )
+            name = f"conv{layer} (chunks of {step} samples)"
+        else:
+            out[f"{name} forward GEMM"] = _ms(
+                run(lambda b0, b1: np.dot(cols_of(b0, b1), w, z[b0 * per : b1 * per]))  # noqa: B023
+            )
         out[f"{name} backward-weights GEMM"] = _ms(
             run(lambda b0, b1: np.dot(cols_of(b0, b1).T, dz[b0 * per : b1 * per], gw))  # noqa: B023
         )
-        if layer > 0:
+        if layer > 0 and not offs[layer, 5]:
             out[f"{name} backward-data GEMM"] = _ms(
                 run(lambda b0, b1: np.dot(dz[b0 * per : b1 * per], w.T, cols_of(b0, b1)))  # noqa: B023
             )
@@ -75,9 +102,14 @@ def profile(batch: int) -> dict[str, float]:
         a = np.maximum(z, 0).reshape(-1)
     grad = np.empty_like(params)
     out["whole step"] = _ms(lambda: kernel.loss_and_grad(params, x, y, grad))
-    out["listed phases (x2 im2col: forward and backward)"] = sum(out.values()) - out["whole step"]
-    out["listed phases (x2 im2col: forward and backward)"] += sum(
-        v for k, v in out.items() if k.endswith("im2col")
+    # im2col runs twice (forward and backward) in an im2col layer, once (backward) in a
+    # Winograd one.
+    listed = "listed phases (im2col counted as often as it runs)"
+    out[listed] = sum(out.values()) - out["whole step"]
+    out[listed] += sum(
+        out[f"conv{layer} (chunks of {int(offs[layer, 2])} samples) im2col"]
+        for layer in range(len(model.convs))
+        if not offs[layer, 5]
     )
     return out
 

@@ -37,6 +37,11 @@ CASES = [
     ((3, 12), dict(channels=[4, 2], kernel_sizes=[3], pool=[2], spatial_dims=1), 2),
     ((11,), dict(channels=[2, 3], kernel_sizes=[1, 2], strides=[3, 1], padding=[0, 1]), 5),
     ((8, 8), dict(channels=[6], kernel_sizes=[8], padding=[0], pool=[1], hidden=[5, 4]), 1),
+    # Winograd (3x3, stride 1, unpadded, even output, after the first layer): channels
+    # growing and shrinking, a non-square map, a pool after it, batches of one.
+    ((3, 10, 12), dict(channels=[4, 5], kernel_sizes=[3], padding=[0], pool=[1, 2]), 3),
+    ((12, 8), dict(channels=[6, 3, 5], kernel_sizes=[3], padding=[0], pool=[1]), 1),
+    ((2, 9, 9), dict(channels=[5, 4], kernel_sizes=[2, 3], padding=[0], pool=[1], hidden=[]), 2),
 ]
 
 
@@ -63,6 +68,25 @@ def test_numba_matches_reference(shape, options, batch):
     logits = np.empty((batch, model.n_classes), dtype=np.float32)
     kernel.logits(params, x, logits)
     np.testing.assert_allclose(logits, forward(model, params, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_takes_the_layers_it_applies_to_and_is_deterministic():
+    from fastdist.models.kernels.numba_winograd import winograd_applies
+
+    took = []
+    for shape, options, _ in CASES:
+        model = cnn(input_shape=shape, n_classes=3, **options)
+        took.append([winograd_applies(c, layer == 0) for layer, c in enumerate(model.convs)])
+    assert took[-3:] == [[False, True], [False, True, True], [False, True]]
+    assert not any(any(t) for t in took[:-3])
+    w3 = build_model(fastdist.compose(["model=cnn_mnist"]).model, (28, 28), 10)
+    assert [winograd_applies(c, layer == 0) for layer, c in enumerate(w3.convs)] == [False, True]
+    model, params, x, y = _case(*CASES[-3][:2], 3)
+    kernel = NumbaCNNKernel(model, max_batch=3)
+    grads = [np.empty(model.size, dtype=np.float32) for _ in range(2)]
+    runs = [kernel.loss_and_grad(params, x, y, g) for g in grads]
+    assert runs[0] == runs[1]
+    np.testing.assert_array_equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize(("shape", "options", "batch"), CASES[:4])

@@ -6,7 +6,10 @@ layer's output in NHWC, and the next layer's im2col copies runs of ``cin`` conti
 floats. The batch is walked in chunks of samples whose columns fit in L2 (about 512
 KiB): a whole batch's columns (42 MB for W3's second conv) would go to DRAM and back.
 Backward, per chunk: im2col again, ``dW += cols.T @ dZ`` (backward-weights), ``dcols =
-dZ @ W.T`` then col2im (backward-data; skipped for the first layer). Max-pool keeps
+dZ @ W.T`` then col2im (backward-data; skipped for the first layer). 3x3, stride-1,
+unpadded layers after the first with an even output (W3's second conv) run forward and
+backward-data through Winograd F(2x2, 3x3) instead (:mod:`numba_winograd`; 2.25x fewer
+flops; im2col there only for backward-weights, no col2im). Max-pool keeps
 each window's argmax for its backward. The dense layers are the MLP's
 (:mod:`numba_dense`), and so is the softmax cross-entropy (:mod:`numba_loss`).
 
@@ -17,7 +20,8 @@ function.
 
 This module holds the kernel object the model hands out; the compiled pieces have a
 module each: :mod:`numba_im2col` (im2col, col2im), :mod:`numba_maxpool`,
-:mod:`numba_cnn_forward`, :mod:`numba_cnn_backward` (the training step) and
+:mod:`numba_cnn_forward`, :mod:`numba_cnn_backward` (the training step),
+:mod:`numba_winograd` and
 :mod:`numba_cnn_workspace` (the buffers and their offsets).
 """
 
@@ -67,23 +71,23 @@ class NumbaCNNKernel:
         if x.shape[0] == 0:
             grad_out[:] = 0.0
             return 0.0, 0
-        offs, dense_offs, cols, z, p, arg, acts, dcols, part, da, db = self._workspace(
+        offs, dense_offs, cols, z, p, arg, acts, dcols, part, da, db, wino = self._workspace(
             self.max_batch
         )
         loss, correct = cnn_loss_and_grad(
             params, self._geom, self._dense, offs, dense_offs, np.ascontiguousarray(x), y,
-            grad_out, cols, z, p, arg, acts, dcols, part, da, db,
+            grad_out, cols, z, p, arg, acts, dcols, part, da, db, wino,
         )  # fmt: skip
         return float(loss), int(correct)
 
     def logits(self, params: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
         """Logits of ``x`` into ``out``, in chunks."""
         chunk = min(self.max_batch, self._PREDICT_CHUNK)
-        offs, dense_offs, cols, z, p, arg, acts, _, _, _, _ = self._workspace(chunk)
+        offs, dense_offs, cols, z, p, arg, acts, _, _, _, _, wino = self._workspace(chunk)
         for lo in range(0, x.shape[0], chunk):
             hi = min(lo + chunk, x.shape[0])
             xs = np.ascontiguousarray(x[lo:hi], dtype=np.float32)
             out[lo:hi] = cnn_forward(
                 params, self._geom, self._dense, offs, dense_offs, xs, hi - lo,
-                cols, z, p, arg, acts,
+                cols, z, p, arg, acts, wino,
             )  # fmt: skip

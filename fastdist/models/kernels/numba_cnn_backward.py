@@ -2,7 +2,9 @@
 call. Dense layers back to the conv features (:mod:`numba_dense`), then per conv layer:
 max-pool's argmax routing, the ReLU mask, the bias gradient, and per chunk of samples
 im2col again, backward-weights (``dW += cols.T @ dZ``) and backward-data (``dcols = dZ @ W.T`` then
-col2im; skipped for the first layer)."""
+col2im; skipped for the first layer). Layers that run through Winograd
+(:mod:`numba_winograd`) do backward-data with it, for the whole batch after
+backward-weights."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fastdist.models.kernels.numba_cnn_forward import cnn_forward
 from fastdist.models.kernels.numba_dense import dense_backward
 from fastdist.models.kernels.numba_im2col import col2im, im2col
 from fastdist.models.kernels.numba_loss import softmax_cross_entropy
+from fastdist.models.kernels.numba_winograd import winograd_backward_data, winograd_kernels
 
 __all__ = ["cnn_loss_and_grad"]
 
@@ -36,6 +39,7 @@ def cnn_loss_and_grad(
     gw_part,
     delta_a,
     delta_b,
+    wino,
 ):
     """Forward, softmax cross-entropy, then the gradient of the mean loss into ``grad``;
     return (mean loss, #correct). The arguments after ``grad`` are the workspaces of
@@ -43,7 +47,7 @@ def cnn_loss_and_grad(
     batch = x.shape[0]
     n_conv = geom.shape[0]
     logits = cnn_forward(
-        params, geom, dense, offs, dense_offs, x, batch, cols, zbuf, pbuf, argbuf, acts
+        params, geom, dense, offs, dense_offs, x, batch, cols, zbuf, pbuf, argbuf, acts, wino
     )
     loss, correct = softmax_cross_entropy(logits, y, delta_a)
 
@@ -112,10 +116,13 @@ def cnn_loss_and_grad(
             else:
                 np.dot(c2.T, dzc, part)
                 gw += part
-            if layer > 0:
+            if layer > 0 and not offs[layer, 5]:
                 dc = dcols[: n * patch]
                 np.dot(dzc, wmat.T, dc.reshape((n, patch)))
                 col2im(dc, g, b0, b1, da)
+        if layer > 0 and offs[layer, 5]:
+            winograd_kernels(wmat, cin, cout, True, wino[0])
+            winograd_backward_data(dz, g, batch, wino[0], da, wino[1], wino[2], wino[3], wino[4])
         if layer > 0:
             in_a = not dz_in_a
     return loss, correct

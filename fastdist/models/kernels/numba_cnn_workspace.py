@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastdist.models.kernels.numba_dense import dense_offsets
+from fastdist.models.kernels.numba_winograd import winograd_applies
 
 __all__ = ["CHUNK_FLOATS", "workspace"]
 
@@ -19,16 +20,21 @@ CHUNK_FLOATS = 1 << 17
 
 def workspace(model, rows: int) -> tuple:
     """(offsets, dense offsets, cols, z, pooled, argmax, dense acts, dcols, dW part,
-    delta_a, delta_b) for up to ``rows`` rows of ``model`` (a
+    delta_a, delta_b, Winograd buffers) for up to ``rows`` rows of ``model`` (a
     :class:`~fastdist.models.cnn_record.CNN`).
 
     ``offsets[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
-    offset) of a conv layer; the dense layers have their own table
-    (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`).
+    offset, 1 if the layer runs through Winograd else 0) of a conv layer; the dense
+    layers have their own table
+    (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`). The Winograd buffers
+    (:mod:`~fastdist.models.kernels.numba_winograd`) are (transformed kernels,
+    transformed inputs, products, padded output gradient, one tile's rows), sized for
+    the largest such layer (one sample at a time), and of size 1 when there is none.
     """
     layout = model.layout
-    offs = np.zeros((len(model.convs), 5), dtype=np.int64)
+    offs = np.zeros((len(model.convs), 6), dtype=np.int64)
     n_z = n_p = n_cols = widest_w = 0
+    n_u = n_vm = n_pad = n_ch = 1
     widest = max(model.dense)
     for layer, c in enumerate(model.convs):
         weight, bias = (
@@ -37,7 +43,13 @@ def workspace(model, rows: int) -> tuple:
         )
         # Samples per chunk: im2col columns of about CHUNK_FLOATS, at least one sample.
         step = max(1, min(rows, CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
-        offs[layer] = (weight, bias, step, n_z, n_p)
+        wino = winograd_applies(c, layer == 0)
+        offs[layer] = (weight, bias, step, n_z, n_p, int(wino))
+        if wino:
+            n_u = max(n_u, 16 * c.cin * c.cout)
+            n_vm = max(n_vm, 4 * max(c.h * c.w, c.ho * c.wo) * max(c.cin, c.cout))
+            n_pad = max(n_pad, (c.ho + 4) * (c.wo + 4) * c.cout)
+            n_ch = max(n_ch, c.cin, c.cout)
         n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
         widest_w = max(widest_w, c.patch * c.cout)
         n_z += rows * c.ho * c.wo * c.cout
@@ -60,4 +72,11 @@ def workspace(model, rows: int) -> tuple:
         np.empty(max(widest_w, 1), f32),
         np.empty(rows * widest, f32),
         np.empty(rows * widest, f32),
+        (
+            np.empty(n_u, f32),
+            np.empty(n_vm, f32),
+            np.empty(n_vm, f32),
+            np.empty(n_pad, f32),
+            np.empty((4, 4, n_ch), f32),
+        ),
     )
