@@ -451,9 +451,7 @@ def test_ties_elects_the_majority_sign_where_the_sum_is_exactly_zero():
 
 
 @pytest.mark.parametrize(("name", "workers"), [("slerp", 3), ("model_stock", 1)])
-def test_a_worker_count_a_merge_cannot_take_is_refused_before_start_up(
-    name, workers, monkeypatch
-):
+def test_a_worker_count_a_merge_cannot_take_is_refused_before_start_up(name, workers, monkeypatch):
     from fastdist.engine.pool import WorkerPool
 
     monkeypatch.setattr(WorkerPool, "start", lambda self: 1 / 0)
