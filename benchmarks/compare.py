@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import peak
 from benchmarks.child_env import ROOT, child_env, run_python
 from benchmarks.warmup import rate_after
 
@@ -51,29 +52,36 @@ def _python(args: list[str], threads: int | None = None, timeout: float = 900) -
     return _json_from(run_python(args, threads, timeout))
 
 
-_GEMM = """
-import json, time, numpy as np
-from threadpoolctl import threadpool_info
-n = 2048
-a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-c = np.empty((n, n), np.float32)
-np.dot(a, b, out=c)
-best = min(
-    (lambda t: (np.dot(a, b, out=c), time.perf_counter() - t)[1])(time.perf_counter())
-    for _ in range(7)
-)
-threads = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=0)
-print(json.dumps({"gflops": 2 * n**3 / best / 1e9, "threads": threads}))
-"""
-
-
 def gemm_peak() -> dict:
-    """NumPy float32 2048^3 matmul GFLOP/s with 1 thread and with every core."""
-    return {
-        "1_thread": _python(["-c", _GEMM], threads=1),
-        "all_threads": _python(["-c", _GEMM], threads=os.cpu_count()),
-    }
+    """NumPy float32 2048^3 matmul GFLOP/s with 1 thread and with every usable core
+    (and with 2 threads where that is neither): :func:`benchmarks.peak.gemm_peak`."""
+    cores = peak.usable_cpus()
+    out = {"1_thread": peak.gemm_peak(1), "all_threads": peak.gemm_peak(cores)}
+    if cores > 2:
+        out["2_threads"] = peak.gemm_peak(2)
+    return out
+
+
+def _cores(name: str, workers: int) -> int:
+    """The cores a contender computes on: one per worker, or all (JAX in one process),
+    or one thread (PyTorch in one process)."""
+    if name.startswith("JAX 1 process"):
+        return peak.usable_cpus()
+    return 1 if name.startswith("PyTorch 1 process") else workers
+
+
+def useful_flops(results: dict) -> None:
+    """Each training row's fraction of the GEMM peak for the cores it uses, and the
+    issue's target for its workload where it has one (:data:`benchmarks.peak.TARGETS`)."""
+    g = results["gemm_peak"]
+    peaks = {1: g["1_thread"]["gflops"], peak.usable_cpus(): g["all_threads"]["gflops"]}
+    if "2_threads" in g:
+        peaks[2] = g["2_threads"]["gflops"]
+    for row in results["training"]:
+        cores = _cores(row["name"], row["workers"])
+        fraction = row["gflops"] / peaks[cores] if peaks.get(cores) else None
+        row.update(cores=cores, peak_gflops=peaks.get(cores), fraction_of_peak=fraction)
+        row.update(peak.verdict(row["workload"], fraction))
 
 
 def _fastdist(
@@ -398,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     results["training"] = []
     for workload in args.workloads.split(","):
         results["training"] += training(workload.strip(), args)
+    useful_flops(results)
     if not args.no_allreduce:
         results["allreduce"] = allreduce(args.rounds, peers=not args.no_peers)
     if args.memory:

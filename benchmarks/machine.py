@@ -1,10 +1,10 @@
 """What machine and software a benchmark number belongs to.
 
 ``describe()`` returns the CPU model and its SIMD flags, the cores this process may
-use, memory, the BLAS libraries NumPy loads and their thread pools (threadpoolctl,
-read in a fresh interpreter so nothing this process set leaks in), the versions of
-Python and the numeric libraries, the git commit (and whether the tree was dirty) and
-the UTC date. Every field is read, never assumed: a missing one is ``None``.
+use, memory, the BLAS libraries NumPy and SciPy load, with their kernels and thread
+pools (threadpoolctl, read in a fresh interpreter so nothing this process set leaks
+in), the versions of Python and the numeric libraries, the git commit (and whether the
+tree was dirty) and the UTC date. Every field is read, never assumed: a missing one is ``None``.
 """
 
 from __future__ import annotations
@@ -55,8 +55,11 @@ def _memory_gib() -> float | None:
     return None
 
 
+# NumPy's BLAS, and SciPy's: Numba's np.dot (fastdist's kernels) calls SciPy's BLAS.
 _POOLS = """
-import json, numpy
+import contextlib, json, numpy
+with contextlib.suppress(ImportError):
+    import scipy.linalg
 from threadpoolctl import threadpool_info
 print(json.dumps([{k: i.get(k) for k in ("user_api", "internal_api", "version",
     "num_threads", "architecture", "filepath")} for i in threadpool_info()]))
@@ -111,11 +114,19 @@ def describe() -> dict:
     }
 
 
+def _key(pool: dict) -> tuple:
+    return (pool["internal_api"], pool["version"], pool.get("architecture"))
+
+
 def summary(machine: dict) -> str:
     """One line naming the machine, for tables and the README."""
     pools = machine.get("blas_thread_pools") or []
     blas = ", ".join(
-        sorted({f"{p['internal_api']} {p['version']}" for p in pools if p["user_api"] == "blas"})
+        sorted(
+            f"{p['internal_api']} {p['version']}"
+            + (f" ({p['architecture']} kernels)" if p.get("architecture") else "")
+            for p in {_key(p): p for p in pools if p["user_api"] == "blas"}.values()
+        )
     )
     v = machine.get("versions", {})
     libs = ", ".join(f"{k} {v[k]}" for k in ("numpy", "numba", "jax", "torch") if v.get(k))
