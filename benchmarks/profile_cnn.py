@@ -5,10 +5,9 @@
 
 Phases per conv layer: im2col, forward GEMM, backward-weights GEMM (cols.T @ dZ),
 backward-data GEMM (dZ @ W.T) and col2im; for a layer that runs through Winograd
-(:mod:`fastdist.models.kernels.numba_winograd`), im2col and backward-weights GEMM (its
-backward-weights is still im2col + GEMM), the kernel transforms, and the Winograd
-forward (with bias and ReLU) and backward-data instead. Then the whole step for
-comparison.
+(:mod:`fastdist.models.kernels.numba_winograd`), the kernel transforms and the Winograd
+forward (with bias and ReLU), backward-weights and backward-data instead. Then the
+whole step for comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from benchmarks.peers.cnn_peers import w3_model
 from fastdist.models.kernels.numba_im2col import col2im, im2col
 from fastdist.models.kernels.numba_winograd import (
     winograd_backward_data,
+    winograd_backward_weights,
     winograd_forward,
     winograd_kernels,
 )
@@ -47,7 +47,7 @@ def profile(batch: int) -> dict[str, float]:
     y = rng.integers(0, 10, batch).astype(np.int32)
     kernel = model.kernel("numba", batch)
     workspace = kernel._workspace(batch)
-    offs, (wu, wv, wm, wpad, wtmp) = workspace[0], workspace[-1]
+    offs, (wu, wv, wm, wpad, wtmp, wacc, wpart) = workspace[0], workspace[-1]
     out: dict[str, float] = {}
     a = x.reshape(-1)
     for layer, c in enumerate(model.convs):
@@ -70,7 +70,8 @@ def profile(batch: int) -> dict[str, float]:
             return lambda: [fn(b0, b1) for b0, b1 in chunks]  # noqa: B023
 
         name = f"conv{layer} (chunks of {step} samples)"
-        out[f"{name} im2col"] = _ms(run(lambda b0, b1: im2col(a, layer == 0, g, b0, b1, cols)))  # noqa: B023
+        if not offs[layer, 5]:
+            out[f"{name} im2col"] = _ms(run(lambda b0, b1: im2col(a, layer == 0, g, b0, b1, cols)))  # noqa: B023
         if offs[layer, 5]:
             name = f"conv{layer} (Winograd, one sample at a time)"
             bias = model.conv_bias(params, layer)
@@ -86,14 +87,17 @@ def profile(batch: int) -> dict[str, float]:
             out[f"{name} backward-data"] = _ms(
                 lambda: winograd_backward_data(dzf, g, batch, wu, da, wv, wm, wpad, wtmp)  # noqa: B023
             )
-            name = f"conv{layer} (chunks of {step} samples)"
+            wbw_args = (a, dzf, g, batch, step, gw, wv, wm, wacc, wpart, wtmp, wpad)
+            out[f"{name} backward-weights ({step} samples a chunk)"] = _ms(
+                lambda: winograd_backward_weights(*wbw_args)  # noqa: B023
+            )
         else:
             out[f"{name} forward GEMM"] = _ms(
                 run(lambda b0, b1: np.dot(cols_of(b0, b1), w, z[b0 * per : b1 * per]))  # noqa: B023
             )
-        out[f"{name} backward-weights GEMM"] = _ms(
-            run(lambda b0, b1: np.dot(cols_of(b0, b1).T, dz[b0 * per : b1 * per], gw))  # noqa: B023
-        )
+            out[f"{name} backward-weights GEMM"] = _ms(
+                run(lambda b0, b1: np.dot(cols_of(b0, b1).T, dz[b0 * per : b1 * per], gw))  # noqa: B023
+            )
         if layer > 0 and not offs[layer, 5]:
             out[f"{name} backward-data GEMM"] = _ms(
                 run(lambda b0, b1: np.dot(dz[b0 * per : b1 * per], w.T, cols_of(b0, b1)))  # noqa: B023
@@ -102,8 +106,8 @@ def profile(batch: int) -> dict[str, float]:
         a = np.maximum(z, 0).reshape(-1)
     grad = np.empty_like(params)
     out["whole step"] = _ms(lambda: kernel.loss_and_grad(params, x, y, grad))
-    # im2col runs twice (forward and backward) in an im2col layer, once (backward) in a
-    # Winograd one.
+    # im2col runs twice (forward and backward) in an im2col layer, never in a Winograd
+    # one.
     listed = "listed phases (im2col counted as often as it runs)"
     out[listed] = sum(out.values()) - out["whole step"]
     out[listed] += sum(

@@ -89,6 +89,24 @@ def test_winograd_takes_the_layers_it_applies_to_and_is_deterministic():
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("step", [1, 2])
+def test_winograd_backward_weights_summed_over_chunks(step):
+    """Chunks of samples for Winograd backward-weights (the tests' maps are small enough
+    for one chunk; W3's take one sample each): the sums over chunks against the
+    reference, and deterministic."""
+    model, params, x, y = _case(*CASES[-2][:2], 5)
+    kernel = NumbaCNNKernel(model, max_batch=5)
+    offs = kernel._workspace(5)[0]
+    assert offs[1:, 5].all()
+    offs[1:, 2] = step  # samples per backward-weights chunk: 5 samples in 5 or 3 chunks
+    loss_ref, grad_ref, _ = loss_and_grad(model, params, x, y)
+    grads = [np.full(model.size, np.nan, dtype=np.float32) for _ in range(2)]
+    runs = [kernel.loss_and_grad(params, x, y, g) for g in grads]
+    assert runs[0] == runs[1] and runs[0][0] == pytest.approx(loss_ref, rel=1e-5)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    np.testing.assert_allclose(grads[0], grad_ref, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(("shape", "options", "batch"), CASES[:4])
 def test_jax_matches_reference(shape, options, batch):
     pytest.importorskip("jax")

@@ -8,8 +8,8 @@ KiB): a whole batch's columns (42 MB for W3's second conv) would go to DRAM and 
 Backward, per chunk: im2col again, ``dW += cols.T @ dZ`` (backward-weights), ``dcols =
 dZ @ W.T`` then col2im (backward-data; skipped for the first layer). 3x3, stride-1,
 unpadded layers after the first with an even output (W3's second conv) run forward and
-backward-data through Winograd F(2x2, 3x3) instead (:mod:`numba_winograd`; 2.25x fewer
-flops; im2col there only for backward-weights, no col2im). Max-pool keeps
+backward-data through Winograd F(2x2, 3x3) instead, and backward-weights through its
+adjoint F(3x3, 2x2) (:mod:`numba_winograd`; 2.25x fewer flops; no im2col, no col2im). Max-pool keeps
 each window's argmax for its backward. The dense layers are the MLP's
 (:mod:`numba_dense`), and so is the softmax cross-entropy (:mod:`numba_loss`).
 

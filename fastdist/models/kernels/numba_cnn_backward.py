@@ -3,8 +3,8 @@ call. Dense layers back to the conv features (:mod:`numba_dense`), then per conv
 max-pool's argmax routing, the ReLU mask, the bias gradient, and per chunk of samples
 im2col again, backward-weights (``dW += cols.T @ dZ``) and backward-data (``dcols = dZ @ W.T`` then
 col2im; skipped for the first layer). Layers that run through Winograd
-(:mod:`numba_winograd`) do backward-data with it, for the whole batch after
-backward-weights."""
+(:mod:`numba_winograd`) do backward-weights and backward-data with it instead, for the
+whole batch, no im2col."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ from fastdist.models.kernels.numba_cnn_forward import cnn_forward
 from fastdist.models.kernels.numba_dense import dense_backward
 from fastdist.models.kernels.numba_im2col import col2im, im2col
 from fastdist.models.kernels.numba_loss import softmax_cross_entropy
-from fastdist.models.kernels.numba_winograd import winograd_backward_data, winograd_kernels
+from fastdist.models.kernels.numba_winograd import (
+    winograd_backward_data,
+    winograd_backward_weights,
+    winograd_kernels,
+)
 
 __all__ = ["cnn_loss_and_grad"]
 
@@ -105,7 +109,10 @@ def cnn_loss_and_grad(
                 a = zbuf[offs[layer - 1, 3] : offs[layer - 1, 3] + batch * g[0] * g[1] * g[2]]
         da = (delta_b if dz_in_a else delta_a)[: batch * g[1] * g[2] * cin]
         step = offs[layer, 2]
-        for b0 in range(0, batch, step):
+        if offs[layer, 5]:  # Winograd backward-weights, in chunks of ``step`` samples
+            winograd_backward_weights(a, dz, g, batch, step, gw, wino[1], wino[2], wino[5],
+                                      wino[6], wino[4], wino[3])  # fmt: skip
+        for b0 in range(0, 0 if offs[layer, 5] else batch, step):
             b1 = min(b0 + step, batch)
             n = (b1 - b0) * ho * wo
             c2 = cols[: n * patch].reshape((n, patch))

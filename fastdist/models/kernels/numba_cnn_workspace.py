@@ -12,10 +12,15 @@ import numpy as np
 from fastdist.models.kernels.numba_dense import dense_offsets
 from fastdist.models.kernels.numba_winograd import winograd_applies
 
-__all__ = ["CHUNK_FLOATS", "workspace"]
+__all__ = ["CHUNK_FLOATS", "WINO_CHUNK_FLOATS", "workspace"]
 
 # im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
 CHUNK_FLOATS = 1 << 17
+# Winograd backward-weights' transformed tiles per chunk of samples (floats, inputs and
+# output gradients together), at least one sample: 256K floats = 1 MiB, half of L2.
+# On W3's second conv (221K floats a sample) one sample per chunk ran 10% faster than
+# two and 2x faster than four.
+WINO_CHUNK_FLOATS = 1 << 18
 
 
 def workspace(model, rows: int) -> tuple:
@@ -23,13 +28,16 @@ def workspace(model, rows: int) -> tuple:
     delta_a, delta_b, Winograd buffers) for up to ``rows`` rows of ``model`` (a
     :class:`~fastdist.models.cnn_record.CNN`).
 
-    ``offsets[layer]`` = (weight offset, bias offset, samples per chunk, z offset, pooled
-    offset, 1 if the layer runs through Winograd else 0) of a conv layer; the dense
-    layers have their own table
+    ``offsets[layer]`` = (weight offset, bias offset, samples per chunk (of im2col, or of
+    Winograd backward-weights), z offset, pooled offset, 1 if the layer runs through
+    Winograd else 0) of a conv layer; the dense layers have their own table
     (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`). The Winograd buffers
     (:mod:`~fastdist.models.kernels.numba_winograd`) are (transformed kernels,
-    transformed inputs, products, padded output gradient, one tile's rows), sized for
-    the largest such layer (one sample at a time), and of size 1 when there is none.
+    transformed inputs, products, padded output gradient (also backward-weights' map
+    rows), one tile's rows, backward-weights' transformed sum and one chunk's part),
+    sized for the largest such layer (one sample at a time, a chunk for
+    backward-weights), and of size 1 when there is none. Winograd layers need no im2col
+    columns.
     """
     layout = model.layout
     offs = np.zeros((len(model.convs), 6), dtype=np.int64)
@@ -41,16 +49,22 @@ def workspace(model, rows: int) -> tuple:
             layout.bounds(f"conv{layer}.weight")[0],
             layout.bounds(f"conv{layer}.bias")[0],
         )
-        # Samples per chunk: im2col columns of about CHUNK_FLOATS, at least one sample.
-        step = max(1, min(rows, CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
         wino = winograd_applies(c, layer == 0)
-        offs[layer] = (weight, bias, step, n_z, n_p, int(wino))
         if wino:
+            # Samples per backward-weights chunk: transformed tiles of about
+            # WINO_CHUNK_FLOATS.
+            tiles = 16 * (c.ho // 2) * (c.wo // 2)
+            step = max(1, min(rows, WINO_CHUNK_FLOATS // (tiles * (c.cin + c.cout))))
             n_u = max(n_u, 16 * c.cin * c.cout)
             n_vm = max(n_vm, 4 * max(c.h * c.w, c.ho * c.wo) * max(c.cin, c.cout))
+            n_vm = max(n_vm, step * tiles * max(c.cin, c.cout))
             n_pad = max(n_pad, (c.ho + 4) * (c.wo + 4) * c.cout)
             n_ch = max(n_ch, c.cin, c.cout)
-        n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
+        else:
+            # Samples per chunk: im2col columns of about CHUNK_FLOATS, at least one sample.
+            step = max(1, min(rows, CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
+            n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
+        offs[layer] = (weight, bias, step, n_z, n_p, int(wino))
         widest_w = max(widest_w, c.patch * c.cout)
         n_z += rows * c.ho * c.wo * c.cout
         n_p += rows * c.hp * c.wp * c.cout if c.qh * c.qw > 1 else 0
@@ -78,5 +92,7 @@ def workspace(model, rows: int) -> tuple:
             np.empty(n_vm, f32),
             np.empty(n_pad, f32),
             np.empty((4, 4, n_ch), f32),
+            np.empty(n_u, f32),
+            np.empty(n_u, f32),
         ),
     )

@@ -12,13 +12,21 @@ no im2col copy. Backward-data is the same transform applied to the output gradie
 zero-padded by 2, with the kernel flipped and its channel axes swapped (a "full"
 convolution), so it needs neither the ``dZ @ W.T`` columns nor col2im.
 
+Backward-weights is Winograd F(3x3, 2x2), the forward's adjoint: the gradient of ``g``
+is ``G^T [sum over tiles (A dY A^T) * (B^T d B)] G``, so per chunk of samples the input
+tiles are transformed as in the forward pass, the output gradient's 2x2 blocks become
+``A dY A^T``, and 16 GEMMs ``V[xi]^T @ dY[xi]`` (inner dimension: every tile of the
+chunk) are summed over the chunks before one ``G^T . G``: 16 products per 2x2 outputs
+instead of im2col + GEMM's 36, and no im2col.
+
 The arithmetic differs from im2col + GEMM's (about 1e-6 relative on W3's second conv);
-it is deterministic. Backward-weights stays im2col + GEMM
-(:mod:`~fastdist.models.kernels.numba_cnn_backward`).
+it is deterministic.
 
 Buffers: ``U`` (16, cin, cout) transformed kernels, ``V`` (16, tiles, channels) and ``M``
-(16, tiles, channels) one sample's transformed inputs and products, ``tmp`` (4, 4,
-channels) one tile's half-transformed rows.
+(16, tiles, channels) one sample's transformed inputs and products (one chunk's
+transformed inputs and output gradients in backward-weights), ``tmp`` (4, 4,
+channels) one tile's half-transformed rows; backward-weights also sums into
+(16, cin, cout) and transforms four map rows at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from numba import njit
 __all__ = [
     "winograd_applies",
     "winograd_backward_data",
+    "winograd_backward_weights",
     "winograd_forward",
     "winograd_kernels",
 ]
@@ -88,14 +97,14 @@ def winograd_kernels(wmat, cin, cout, backward, u):
 
 
 @njit(cache=True, nogil=True)
-def _tiles_in(src, ws, ch, th, tw, v, tmp):
-    """``V[xi, ty * tw + tx] = (B^T d B)[xi]`` for the 4x4 input tiles ``d`` at rows
+def _tiles_in(src, ws, ch, th, tw, v, first, tmp):
+    """``V[xi, first + ty * tw + tx] = (B^T d B)[xi]`` for the 4x4 input tiles ``d`` at rows
     ``2 ty ..``, columns ``2 tx ..`` of ``src`` (one sample, NHWC, ``ws`` wide, ``ch``
     channels)."""
     row = ws * ch
     for ty in range(th):
         for tx in range(tw):
-            t = ty * tw + tx
+            t = first + ty * tw + tx
             for s in range(4):  # B^T d, column s
                 base = ((2 * ty) * ws + 2 * tx + s) * ch
                 d0 = src[base : base + ch]
@@ -148,6 +157,44 @@ def _tiles_out(m, th, tw, ch, dst, wd, bias, relu, tmp):
                         y1[d] = e1[d] - e2[d] - e3[d]
 
 
+# The transforms' inner loops run over channels. With the channel count a compile-time
+# constant LLVM vectorises them without a runtime trip count (1.6x faster on W3's
+# second conv), so the common counts get their own compiled copy; the arithmetic is
+# the same.
+
+
+@njit(cache=True, nogil=True)
+def _in(src, ws, ch, th, tw, v, first, tmp):
+    """:func:`_tiles_in`, compiled for ``ch`` as a constant where it is 16, 32, 64 or
+    128."""
+    if ch == 16:
+        _tiles_in(src, ws, 16, th, tw, v, first, tmp)
+    elif ch == 32:
+        _tiles_in(src, ws, 32, th, tw, v, first, tmp)
+    elif ch == 64:
+        _tiles_in(src, ws, 64, th, tw, v, first, tmp)
+    elif ch == 128:
+        _tiles_in(src, ws, 128, th, tw, v, first, tmp)
+    else:
+        _tiles_in(src, ws, ch, th, tw, v, first, tmp)
+
+
+@njit(cache=True, nogil=True)
+def _out(m, th, tw, ch, dst, wd, bias, relu, tmp):
+    """:func:`_tiles_out`, compiled for ``ch`` as a constant where it is 16, 32, 64 or
+    128."""
+    if ch == 16:
+        _tiles_out(m, th, tw, 16, dst, wd, bias, relu, tmp)
+    elif ch == 32:
+        _tiles_out(m, th, tw, 32, dst, wd, bias, relu, tmp)
+    elif ch == 64:
+        _tiles_out(m, th, tw, 64, dst, wd, bias, relu, tmp)
+    elif ch == 128:
+        _tiles_out(m, th, tw, 128, dst, wd, bias, relu, tmp)
+    else:
+        _tiles_out(m, th, tw, ch, dst, wd, bias, relu, tmp)
+
+
 @njit(cache=True, nogil=True)
 def winograd_forward(a, g, batch, u, bias, z, vbuf, mbuf, tmp):
     """ReLU(conv(a) + bias) into ``z`` (NHWC, flat), ``a`` NHWC flat; ``u`` from
@@ -159,10 +206,10 @@ def winograd_forward(a, g, batch, u, bias, z, vbuf, mbuf, tmp):
     v = vbuf[: 16 * tiles * cin].reshape((16, tiles, cin))
     m = mbuf[: 16 * tiles * cout].reshape((16, tiles, cout))
     for b in range(batch):
-        _tiles_in(a[b * h * w * cin : (b + 1) * h * w * cin], w, cin, th, tw, v, tmp)
+        _in(a[b * h * w * cin : (b + 1) * h * w * cin], w, cin, th, tw, v, 0, tmp)
         for xi in range(16):
             np.dot(v[xi], uu[xi], m[xi])
-        _tiles_out(m, th, tw, cout, z[b * ho * wo * cout : (b + 1) * ho * wo * cout], wo,
+        _out(m, th, tw, cout, z[b * ho * wo * cout : (b + 1) * ho * wo * cout], wo,
                    bias, True, tmp)  # fmt: skip
 
 
@@ -187,8 +234,119 @@ def winograd_backward_data(dz, g, batch, u, da, vbuf, mbuf, pad, tmp):
             dst = p[((y + 2) * wp + 2) * cout : ((y + 2) * wp + 2 + wo) * cout]
             for k in range(wo * cout):
                 dst[k] = src[k]
-        _tiles_in(p, wp, cout, th, tw, v, tmp)
+        _in(p, wp, cout, th, tw, v, 0, tmp)
         for xi in range(16):
             np.dot(v[xi], uu[xi], m[xi])
-        _tiles_out(m, th, tw, cin, da[b * h * w * cin : (b + 1) * h * w * cin], w,
+        _out(m, th, tw, cin, da[b * h * w * cin : (b + 1) * h * w * cin], w,
                    da[:0], False, tmp)  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _tiles_grad(src, wd, ch, th, tw, v, first, rows):
+    """``V[xi, first + ty * tw + tx] = (A dY A^T)[xi]`` for the 2x2 blocks ``dY`` at rows
+    ``2 ty ..``, columns ``2 tx ..`` of ``src`` (one sample's output gradient, NHWC,
+    ``wd`` wide, ``ch`` channels): the adjoint of :func:`_tiles_out`'s ``A^T M A``.
+
+    A whole row of tiles at a time, one output per loop: ``A dY`` over the two map rows
+    into ``rows`` (4 map rows), then ``(A dY) A^T`` per tile. A loop writing four
+    outputs at once ran 2x slower (LLVM's vectoriser gives up on that many possibly
+    aliasing views)."""
+    row = wd * ch
+    e = rows[: 4 * row].reshape((4, row))
+    e0, e1, e2, e3 = e[0], e[1], e[2], e[3]
+    for ty in range(th):
+        base = 2 * ty * row
+        d0 = src[base : base + row]
+        d1 = src[base + row : base + 2 * row]
+        for k in range(row):  # A dY: y0, y0 + y1, y0 - y1, -y1
+            e0[k] = d0[k]
+        for k in range(row):
+            e1[k] = d0[k] + d1[k]
+        for k in range(row):
+            e2[k] = d0[k] - d1[k]
+        for k in range(row):
+            e3[k] = -d1[k]
+        t = first + ty * tw
+        for r in range(4):  # (A dY) A^T, row r: p, p + q, p - q, -q
+            er = e[r]
+            v0, v1 = v[r * 4, t : t + tw], v[r * 4 + 1, t : t + tw]
+            v2, v3 = v[r * 4 + 2, t : t + tw], v[r * 4 + 3, t : t + tw]
+            for tx in range(tw):
+                o = 2 * tx * ch
+                p, q = er[o : o + ch], er[o + ch : o + 2 * ch]
+                w0, w1, w2, w3 = v0[tx], v1[tx], v2[tx], v3[tx]
+                for c in range(ch):
+                    w0[c] = p[c]
+                for c in range(ch):
+                    w1[c] = p[c] + q[c]
+                for c in range(ch):
+                    w2[c] = p[c] - q[c]
+                for c in range(ch):
+                    w3[c] = -q[c]
+
+
+@njit(cache=True, nogil=True)
+def _grad(src, wd, ch, th, tw, v, first, rows):
+    """:func:`_tiles_grad`, compiled for ``ch`` as a constant where it is 16, 32, 64 or
+    128."""
+    if ch == 16:
+        _tiles_grad(src, wd, 16, th, tw, v, first, rows)
+    elif ch == 32:
+        _tiles_grad(src, wd, 32, th, tw, v, first, rows)
+    elif ch == 64:
+        _tiles_grad(src, wd, 64, th, tw, v, first, rows)
+    elif ch == 128:
+        _tiles_grad(src, wd, 128, th, tw, v, first, rows)
+    else:
+        _tiles_grad(src, wd, ch, th, tw, v, first, rows)
+
+
+@njit(cache=True, nogil=True)
+def winograd_backward_weights(a, dz, g, batch, step, gw, vbuf, mbuf, acc, part, tmp, rows):
+    """d(loss)/d(weights) into ``gw`` (rows (i, j, cin), columns cout) from the layer's
+    input ``a`` and ``dz`` (d(loss)/d(pre-ReLU output)), both NHWC flat: Winograd
+    F(3x3, 2x2), the adjoint of the forward's F(2x2, 3x3). Per chunk of ``step``
+    samples, the input tiles' ``V = B^T d B`` and the output gradient's ``A dY A^T``
+    (16 positions each), then 16 GEMMs ``V[xi]^T @ dY[xi]`` whose inner dimension is
+    every tile of the chunk, summed over the chunks in ``acc`` (16, cin, cout), and
+    finally ``gw = G^T acc G``: 16 products per 2x2 outputs instead of 36."""
+    cin, h, w, cout, ho, wo = g[0], g[1], g[2], g[3], g[10], g[11]
+    th, tw = ho // 2, wo // 2
+    tiles = th * tw
+    mh = acc[: 16 * cin * cout].reshape((16, cin, cout))
+    pt = part[: 16 * cin * cout].reshape((16, cin, cout))
+    for b0 in range(0, batch, step):
+        b1 = min(b0 + step, batch)
+        n = (b1 - b0) * tiles
+        v = vbuf[: 16 * n * cin].reshape((16, n, cin))
+        m = mbuf[: 16 * n * cout].reshape((16, n, cout))
+        for b in range(b0, b1):
+            first = (b - b0) * tiles
+            _in(a[b * h * w * cin : (b + 1) * h * w * cin], w, cin, th, tw, v, first, tmp)
+            _grad(dz[b * ho * wo * cout : (b + 1) * ho * wo * cout], wo, cout, th, tw, m,
+                        first, rows)  # fmt: skip
+        for xi in range(16):
+            np.dot(v[xi].T, m[xi], mh[xi] if b0 == 0 else pt[xi])
+        if b0 > 0:
+            accf, partf = acc[: 16 * cin * cout], part[: 16 * cin * cout]
+            for k in range(16 * cin * cout):
+                accf[k] += partf[k]
+    # gw[(i, j, c), d] = (G^T M G)[i, j], G^T's rows (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0),
+    # (0, 1/2, 1/2, 1).
+    out = gw.reshape((3, 3, cin, cout))
+    t = np.empty((3, 4, cout), dtype=gw.dtype)
+    for c in range(cin):
+        for s in range(4):  # G^T M, column s
+            m0, m1, m2, m3 = mh[s, c], mh[4 + s, c], mh[8 + s, c], mh[12 + s, c]
+            t0, t1, t2 = t[0, s], t[1, s], t[2, s]
+            for d in range(cout):
+                t0[d] = m0[d] + 0.5 * (m1[d] + m2[d])
+                t1[d] = 0.5 * (m1[d] - m2[d])
+                t2[d] = 0.5 * (m1[d] + m2[d]) + m3[d]
+        for i in range(3):  # (G^T M) G, row i
+            e0, e1, e2, e3 = t[i, 0], t[i, 1], t[i, 2], t[i, 3]
+            o0, o1, o2 = out[i, 0, c], out[i, 1, c], out[i, 2, c]
+            for d in range(cout):
+                o0[d] = e0[d] + 0.5 * (e1[d] + e2[d])
+                o1[d] = 0.5 * (e1[d] - e2[d])
+                o2[d] = 0.5 * (e1[d] + e2[d]) + e3[d]
