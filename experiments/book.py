@@ -86,6 +86,19 @@ def robust() -> Generated:
     }
 
 
+@section("merging")
+def merging() -> Generated:
+    """Section 9, from results/merging/runs.csv and tuning.csv: the README's tuning,
+    soup, barrier and class-subset tables, and tables.md and chosen.json beside them."""
+    module = experiment("merging")
+    runs, tuning = module.load_runs(), module.load_tuning()
+    return {
+        **module.book_tables(runs, tuning),
+        module.OUT / "tables.md": module.tables_md(runs, tuning),
+        module.OUT / "chosen.json": module.chosen_json(tuning),
+    }
+
+
 # ------------------------------------------------------------------ the machinery
 
 
