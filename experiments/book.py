@@ -73,6 +73,13 @@ def recipes() -> Generated:
     return experiment("recipes").book_tables()
 
 
+@section("ablation")
+def ablation() -> Generated:
+    """Sections 1 and 2, from results/ablation/runs.csv and tuning.csv: the combiner
+    tables per dataset (equal epochs and equal steps) and the initialisation table."""
+    return experiment("ablation").book_tables()
+
+
 @section("robust")
 def robust() -> Generated:
     """Section 8, from results/robust/runs.csv: the README's worst-attack and compression
