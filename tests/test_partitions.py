@@ -30,6 +30,28 @@ def test_dirichlet_class_proportions_have_the_requested_spread(alpha):
     assert props.var() == pytest.approx(expected, rel=0.15)
 
 
+def test_equal_sized_dirichlet_gives_equal_shards_with_hsu_class_mixes():
+    y = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 400)).astype(np.int32)
+    n_classes, workers = 10, 8
+    for alpha in (0.1, 1000.0):
+        record = dirichlet(alpha=alpha, equal_sizes=True)
+        parts = record.split(y, workers, seed=5)
+        assert [len(p) for p in parts] == [len(y) // workers] * workers
+        joined = np.concatenate(parts)
+        assert len(np.unique(joined)) == len(joined)
+        assert all(np.array_equal(p, q) for p, q in zip(parts, record.split(y, workers, 5)))
+        mixes = np.stack([np.bincount(y[p], minlength=n_classes) / len(p) for p in parts])
+        if alpha < 1:  # Dirichlet(0.01 each): a worker is one or two classes, pools allowing
+            assert np.mean((mixes > 0.05).sum(axis=1)) <= 3
+        else:  # concentration 100 per class: close to the class frequencies (0.1 each),
+            # but for the last workers, who take what the class pools have left
+            assert np.abs(mixes[:-2] - 0.1).max() < 0.05
+    with pytest.raises(ConfigError, match="min_size"):
+        dirichlet(alpha=1.0, equal_sizes=True, min_size=600).split(y, workers, 0)
+    with pytest.raises(ConfigError, match="equal_sizes"):
+        dirichlet(equal_sizes="yes")
+
+
 def test_partitions_are_disjoint_reproducible_and_seeded():
     y = np.random.default_rng(0).integers(0, 10, 3000).astype(np.int32)
     for record in (dirichlet(alpha=0.3), shards(classes_per_worker=2), quantity(alpha=1.0)):

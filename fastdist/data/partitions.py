@@ -11,9 +11,15 @@ only the slices may now differ in length.
 
 * ``iid``: equal contiguous slices of the shuffled set (the remainder, < workers rows,
   is dropped) -- fastdist's historical split, bit for bit.
-* ``dirichlet``: label skew (Hsu et al. 2019): for every class, the fractions of its
-  rows that go to each worker are drawn from Dirichlet(alpha, ..., alpha). Small alpha:
-  each worker sees few classes; alpha -> infinity: IID.
+* ``dirichlet``: label skew: for every class, the fractions of its rows that go to each
+  worker are drawn from Dirichlet(alpha, ..., alpha) (shard sizes then differ). Small
+  alpha: each worker sees few classes; alpha -> infinity: IID. With
+  ``equal_sizes=true``, Hsu et al. 2019's own scheme instead: every worker gets the
+  same number of rows, its class mix q ~ Dirichlet(alpha * p) with p the training
+  set's class frequencies (so alpha there is the total concentration: alpha = 1 with
+  10 classes is already strongly skewed), rows drawn from the class pools by q; a class
+  whose pool runs out is left out and q renormalised over the rest, so the last workers'
+  mixes drift toward what the pools have left.
 * ``shards``: pathological label skew (McMahan et al. 2017): rows sorted by label,
   cut into ``workers * classes_per_worker`` equal shards, each worker gets
   ``classes_per_worker`` of them at random.
@@ -116,11 +122,14 @@ def _redraw(draw, workers: int, min_size: int, what: str) -> list[np.ndarray]:
 class Dirichlet(Partition):
     alpha: float = 0.5
     min_size: int = 32
+    equal_sizes: bool = False
 
     name = "dirichlet"
 
     def split(self, y, workers, seed):
         rng = self._rng(seed)
+        if self.equal_sizes:
+            return self._equal_sized(y, workers, rng)
         classes = [np.flatnonzero(y == c) for c in np.unique(y)]
 
         def draw():
@@ -133,6 +142,37 @@ class Dirichlet(Partition):
             return [np.concatenate(p) for p in parts]
 
         return _redraw(draw, workers, self.min_size, f"partition=dirichlet alpha={self.alpha}")
+
+    def _equal_sized(self, y, workers: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Hsu et al. 2019: ``len(y) // workers`` rows each (the remainder, < workers
+        rows, is dropped, as ``iid`` does), worker k's class mix q_k ~ Dirichlet(alpha *
+        p), rows taken from per-class pools in a seeded order."""
+        size = len(y) // workers
+        if size < self.min_size:
+            raise ConfigError(
+                f"partition=dirichlet equal_sizes: {len(y)} rows give {workers} workers "
+                f"{size} each, fewer than partition.min_size={self.min_size}"
+            )
+        pools = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+        left = np.array([len(pool) for pool in pools], dtype=np.int64)
+        prior = left / left.sum()
+        parts = []
+        for _ in range(workers):
+            # Very small concentrations can underflow to an all-zero (nan) draw.
+            q = np.nan_to_num(rng.dirichlet(self.alpha * prior))
+            counts = np.zeros_like(left)
+            while (need := size - int(counts.sum())) > 0:
+                room = left - counts
+                weights = np.where(room > 0, q, 0.0)
+                if not weights.sum() > 0:  # q's classes are used up: any class left
+                    weights = (room > 0).astype(np.float64)
+                counts += np.minimum(rng.multinomial(need, weights / weights.sum()), room)
+            start = [len(pool) - n for pool, n in zip(pools, left)]
+            parts.append(
+                np.concatenate([pool[s : s + n] for pool, s, n in zip(pools, start, counts)])
+            )
+            left -= counts
+        return [np.sort(part).astype(np.int64) for part in parts]
 
 
 @dataclass(frozen=True)
@@ -182,9 +222,12 @@ def iid() -> IID:
     return IID()
 
 
-def dirichlet(alpha: float = 0.5, min_size: int = 32) -> Dirichlet:
-    """``partition=dirichlet``: per-class Dirichlet(alpha) label skew."""
-    return Dirichlet(_alpha(alpha), _min_size(min_size))
+def dirichlet(alpha: float = 0.5, min_size: int = 32, equal_sizes: bool = False) -> Dirichlet:
+    """``partition=dirichlet``: per-class Dirichlet(alpha) label skew; ``equal_sizes``:
+    Hsu et al. 2019's equal-sized workers with class mixes ~ Dirichlet(alpha * p)."""
+    if not isinstance(equal_sizes, bool):
+        raise ConfigError(f"partition.equal_sizes must be true or false, got {equal_sizes!r}")
+    return Dirichlet(_alpha(alpha), _min_size(min_size), equal_sizes)
 
 
 def shards(classes_per_worker: int = 2) -> LabelShards:
