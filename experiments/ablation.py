@@ -21,13 +21,11 @@ arm with section 2's own recipe.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from fastdist.cli.stats import ALPHA, describe, holm, matched_differences, paired_test
+from records import chosen_setting, collect_cells, compare, interval, read_csv, tune_cell, values
+
+from fastdist.cli.stats import matched_differences, paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "multirun" / "ablation"
@@ -99,157 +97,60 @@ def cells() -> dict[str, list[str]]:
 
 
 def run(only: str | None = None) -> None:
-    """fastdist-tune on every cell (a finished cell is skipped: its tuning.json exists).
-    A cell whose grid diverges at its largest rate is tuned again without that rate
-    (in ``<cell>.smaller``), and says so in its tuning.json's grid."""
+    """fastdist-tune on every cell (a finished cell is skipped; a grid that diverges is
+    tuned again without its largest rate: :func:`records.tune_cell`)."""
     for name, fixed in cells().items():
-        if only and not name.startswith(only):
-            continue
-        where, grid = RUNS / name, GRID
-        while not (where / "tuning.json").exists():
-            command = [sys.executable, "-m", "fastdist.cli.tune", str(where), *fixed, grid]
-            command += ["--tune-seeds", TUNE_SEEDS, "--seeds", SEEDS]
-            done = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-            if done.returncode == 0:
-                break
-            cause = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-            rates = grid.partition("=")[2].split(",")
-            if "loss became" not in cause or len(rates) < 3:
-                raise SystemExit(f"{name}: {cause}")
-            print(f"{name}: {cause}; tuning again without lr {rates[-1]}", file=sys.stderr)
-            grid = "optimizer.lr=" + ",".join(rates[:-1])
-            where = where.with_name(where.name + ".smaller")
+        if not only or name.startswith(only):
+            tune_cell(RUNS / name, fixed, GRID, TUNE_SEEDS, SEEDS)
 
 
 # ------------------------------------------------------------------ committed records
 
 RUN_FIELDS = ("cell", "seed", "lr", "steps", "test_accuracy", "test_loss")
 RUN_FIELDS += ("mean_member_test_accuracy", "accuracy_drop", "aligned_accuracy_drop")
-TUNING_FIELDS = ("cell", "lr", "val_accuracy_mean", "n", "chosen")
 _FLOATS = {"test_accuracy", "test_loss", "mean_member_test_accuracy", "accuracy_drop"}
 _FLOATS |= {"aligned_accuracy_drop", "val_accuracy_mean"}
 _INTS = {"seed", "steps", "n"}
 
 
-def _tuned_dir(name: str) -> Path | None:
-    for where in (RUNS / name, RUNS / f"{name}.smaller"):
-        if (where / "tuning.json").exists():
-            return where
-    return None
-
-
-def _lr(setting: list[str]) -> str:
-    return next(item.split("=", 1)[1] for item in setting if item.startswith("optimizer.lr="))
+def _run_row(cell: str, metrics: dict, chosen: str) -> dict:
+    """runs.csv's row of one scored run: test accuracy and loss, the steps each worker
+    took, and section 2's member mean and accuracy drops along the straight line
+    between the two workers, raw and aligned."""
+    line = metrics.get("interpolation") or {}
+    aligned = metrics.get("aligned_interpolation") or {}
+    return {
+        "cell": cell,
+        "seed": metrics["seed"],
+        "lr": chosen.partition("=")[2],
+        "steps": metrics["steps"],
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "mean_member_test_accuracy": metrics.get("mean_member_test_accuracy"),
+        "accuracy_drop": line.get("accuracy_drop"),
+        "aligned_accuracy_drop": aligned.get("accuracy_drop"),
+    }
 
 
 def collect() -> None:
-    """runs.csv: one row per cell and fresh seed (test accuracy and loss, the steps each
-    worker took, and section 2's member mean and accuracy drops along the straight
-    line between the two workers, raw and aligned); tuning.csv: each cell's grid points
-    with their mean validation accuracy and which one was chosen."""
-    runs, tuning = [], []
-    for name in cells():
-        where = _tuned_dir(name)
-        if where is None:
-            print(f"{name}: not run yet; left out", file=sys.stderr)
-            continue
-        record = json.loads((where / "tuning.json").read_text())
-        chosen = _lr(record["chosen"])
-        for point in record["validation"]:
-            lr = _lr(point["setting"])
-            tuning.append(
-                {
-                    "cell": name,
-                    "lr": lr,
-                    "val_accuracy_mean": point["mean"],
-                    "n": point["n"],
-                    "chosen": "yes" if lr == chosen else "",
-                }
-            )
-        for path in sorted((where / "final").glob("*/metrics.json")):
-            metrics = json.loads(path.read_text())
-            runs.append(
-                {
-                    "cell": name,
-                    "seed": metrics["seed"],
-                    "lr": chosen,
-                    "steps": metrics["steps"],
-                    "test_accuracy": metrics["test_accuracy"],
-                    "test_loss": metrics["test_loss"],
-                    "mean_member_test_accuracy": metrics.get("mean_member_test_accuracy"),
-                    "accuracy_drop": (metrics.get("interpolation") or {}).get("accuracy_drop"),
-                    "aligned_accuracy_drop": (metrics.get("aligned_interpolation") or {}).get(
-                        "accuracy_drop"
-                    ),
-                }
-            )
-    OUT.mkdir(parents=True, exist_ok=True)
-    for file, fields, rows in (
-        ("runs.csv", RUN_FIELDS, runs),
-        ("tuning.csv", TUNING_FIELDS, tuning),
-    ):
-        with open(OUT / file, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-    print(f"wrote {OUT / 'runs.csv'} ({len(runs)} runs) and tuning.csv ({len(tuning)} points)")
-
-
-def _read(path: Path) -> list[dict]:
-    def typed(key: str, value: str):
-        if value == "":
-            return None
-        return int(value) if key in _INTS else float(value) if key in _FLOATS else value
-
-    with open(path, newline="") as fh:
-        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    """runs.csv (one row per cell and fresh seed) and tuning.csv (every grid point)."""
+    collect_cells(cells(), RUNS, OUT, RUN_FIELDS, _run_row)
 
 
 def load() -> tuple[list[dict], list[dict]]:
     """The committed runs.csv and tuning.csv."""
-    return _read(OUT / "runs.csv"), _read(OUT / "tuning.csv")
+    return (
+        read_csv(OUT / "runs.csv", _INTS, _FLOATS),
+        read_csv(OUT / "tuning.csv", _INTS, _FLOATS),
+    )
 
 
 # ------------------------------------------------------------------ the book's tables
 
 
-def _values(runs: list[dict], cell: str, key: str = "test_accuracy") -> dict[int, float]:
-    return {r["seed"]: r[key] for r in runs if r["cell"] == cell and r[key] is not None}
-
-
-def _interval(values) -> str:
-    s = describe(list(values))
-    if s.n == 0:
-        return "missing"
-    return f"{s.mean:.3f} [{s.low:.3f}, {s.high:.3f}]"
-
-
 def _chosen(tuning: list[dict], cell: str) -> str:
-    picked = [t["lr"] for t in tuning if t["cell"] == cell and t["chosen"]]
-    return picked[0] if picked else "?"
-
-
-def _compare(pairs: dict[str, tuple[dict, dict]]) -> dict[str, str]:
-    """Each ``name -> (candidate, baseline)`` as ``+mean [low, high]`` of the paired
-    difference (seed by seed), ``*`` when the paired t-test rejects "no difference" and
-    ``≈`` when TOST shows it within ±MARGIN, both after Holm's correction over ``pairs``."""
-    tests = {}
-    for name, (candidate, baseline) in pairs.items():
-        diffs, _ = matched_differences(candidate, baseline)
-        tests[name] = paired_test(diffs, MARGIN)
-    names = list(tests)
-    p = dict(zip(names, holm([tests[n].p for n in names])))
-    tost = dict(zip(names, holm([tests[n].tost_p for n in names])))
-    shown = {}
-    for name, test in tests.items():
-        d = test.diff
-        if d.n < 2:
-            shown[name] = "n/a"
-            continue
-        mark = " *" if p[name] < ALPHA else " ≈" if tost[name] < ALPHA else ""
-        low, high = (d.low, d.high) if d.std > 0 else (d.mean, d.mean)
-        shown[name] = f"{d.mean:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
-    return shown
+    setting = chosen_setting(tuning, cell)
+    return setting.partition("=")[2] if setting else "?"
 
 
 def combiners_table(runs: list[dict], tuning: list[dict], dataset: str) -> str:
@@ -260,11 +161,11 @@ def combiners_table(runs: list[dict], tuning: list[dict], dataset: str) -> str:
     pairs = {}
     for regime in regimes:
         for workers in WORKERS:
-            reference = _values(runs, f"s1/{dataset}/{regime}/grad_avg/w{workers}")
+            reference = values(runs, f"s1/{dataset}/{regime}/grad_avg/w{workers}")
             for combiner in COMBINERS[1:]:
                 cell = f"s1/{dataset}/{regime}/{combiner}/w{workers}"
-                pairs[cell] = (_values(runs, cell), reference)
-    diffs = _compare(pairs)
+                pairs[cell] = (values(runs, cell), reference)
+    diffs = compare(pairs, MARGIN)
     columns = [(r, w) for r in regimes for w in WORKERS]
     header = ["combiner", *(f"{w} workers, equal {r}" for r, w in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -272,7 +173,7 @@ def combiners_table(runs: list[dict], tuning: list[dict], dataset: str) -> str:
         row = [combiner if combiner != "local_sgd" else "local_sgd (period 8)"]
         for regime, workers in columns:
             cell = f"s1/{dataset}/{regime}/{combiner}/w{workers}"
-            shown = _interval(_values(runs, cell).values())
+            shown = interval(values(runs, cell).values())
             if cell in diffs:
                 shown += f"; {diffs[cell]}"
             row.append(f"{shown} (lr {_chosen(tuning, cell)})")
@@ -282,7 +183,7 @@ def combiners_table(runs: list[dict], tuning: list[dict], dataset: str) -> str:
     lines += [
         "",
         f"One worker (plain SGD, {STEPS_OF_ONE[dataset]} steps): "
-        f"{_interval(_values(runs, one).values())} (lr {_chosen(tuning, one)}). "
+        f"{interval(values(runs, one).values())} (lr {_chosen(tuning, one)}). "
         f"Steps per worker in the table: {', '.join(map(str, steps))}.",
     ]
     return "\n".join(lines)
@@ -295,12 +196,12 @@ def independent_table(runs: list[dict], tuning: list[dict]) -> str:
     weight average (Holm over the table)."""
     pairs = {}
     for dataset in DATASETS:
-        reference = _values(runs, f"s2/{dataset}/weight_avg/shared")
+        reference = values(runs, f"s2/{dataset}/weight_avg/shared")
         for arm in INIT_ARMS:
             if arm != "weight_avg/shared":
                 cell = f"s2/{dataset}/{arm}"
-                pairs[cell] = (_values(runs, cell), reference)
-    diffs = _compare(pairs)
+                pairs[cell] = (values(runs, cell), reference)
+    diffs = compare(pairs, MARGIN)
     lines = [
         "| dataset | arm | test accuracy | vs weight_avg, shared init | members' mean "
         "| accuracy drop on the line (raw; aligned) | lr |",
@@ -309,14 +210,14 @@ def independent_table(runs: list[dict], tuning: list[dict]) -> str:
     for dataset in DATASETS:
         for arm in INIT_ARMS:
             cell = f"s2/{dataset}/{arm}"
-            drop = _interval(_values(runs, cell, "accuracy_drop").values())
-            aligned = _values(runs, cell, "aligned_accuracy_drop")
+            drop = interval(values(runs, cell, "accuracy_drop").values())
+            aligned = values(runs, cell, "aligned_accuracy_drop")
             if aligned:
-                drop += f"; {_interval(aligned.values())}"
+                drop += f"; {interval(aligned.values())}"
             lines.append(
                 f"| {dataset} | {arm.replace('/', ', ')} init | "
-                f"{_interval(_values(runs, cell).values())} | {diffs.get(cell, '—')} | "
-                f"{_interval(_values(runs, cell, 'mean_member_test_accuracy').values())} | "
+                f"{interval(values(runs, cell).values())} | {diffs.get(cell, '—')} | "
+                f"{interval(values(runs, cell, 'mean_member_test_accuracy').values())} | "
                 f"{drop} | {_chosen(tuning, cell)} |"
             )
     return "\n".join(lines)
@@ -335,7 +236,7 @@ def published_rows(runs: list[dict]) -> str:
     for dataset in reversed(DATASETS):
         cell = f"s1/{dataset}/steps/{{}}/w4"
         diffs, _ = matched_differences(
-            _values(runs, cell.format("local_sgd")), _values(runs, cell.format("grad_avg"))
+            values(runs, cell.format("local_sgd")), values(runs, cell.format("grad_avg"))
         )
         test = paired_test(diffs, MARGIN)
         d = test.diff

@@ -33,6 +33,9 @@ from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
+# The experiment scripts import their shared helpers (records.py) from beside them.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 README = HERE / "README.md"
 OPEN, CLOSE = "<!-- book:", " -->"
 END = "<!-- /book -->"

@@ -27,7 +27,6 @@ and method, by fastdist-combine, and summarised by ``tables``.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import subprocess
@@ -36,8 +35,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from records import read_csv, write_csv
 
-from fastdist.cli.stats import ALPHA, describe, holm, matched_differences, paired_test
+from fastdist.cli.stats import compare_family, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "multirun" / "merging"
@@ -92,18 +92,7 @@ TASK_PARTITIONS = {
     "dirichlet0.1x4": ["workers=4", "partition=dirichlet", "partition.alpha=0.1"],
 }
 TASK_SMALL_LR = 0.01  # beside the tuned rate (task_lr): a fine-tune that stays close
-TASK_METHODS = (
-    "best_member",
-    "soup_uniform",
-    "soup_greedy",
-    "ensemble",
-    "fisher_avg",
-    "model_stock",
-    "task_arithmetic",
-    "ties",
-    "dare",
-    "dare_ties",
-)
+TASK_METHODS = SOUP_METHODS  # every method, against the base
 
 
 # ------------------------------------------------------------------ running sweeps
@@ -423,34 +412,14 @@ def _runs(picks: dict) -> list[dict]:
     return sorted(rows, key=lambda r: (r["part"], r["arm"], r["method"], r["seed"]))
 
 
-def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    """A CSV written by :func:`_write_csv` back as dicts: "" -> None, seeds as int,
-    accuracies, losses and barriers as float, the rest as text."""
-
-    def typed(key: str, value: str):
-        if value == "":
-            return None
-        return int(value) if key == "seed" else float(value) if key in _FLOATS else value
-
-    with open(path, newline="") as fh:
-        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
 def load_runs(path: Path | None = None) -> list[dict]:
     """runs.csv (by default the committed one)."""
-    return _read_csv(path or OUT / "runs.csv")
+    return read_csv(path or OUT / "runs.csv", {"seed"}, _FLOATS)
 
 
 def load_tuning(path: Path | None = None) -> list[dict]:
     """tuning.csv (by default the committed one)."""
-    return _read_csv(path or OUT / "tuning.csv")
+    return read_csv(path or OUT / "tuning.csv", {"seed"}, _FLOATS)
 
 
 def _pm(values, digits: int = 3) -> str:
@@ -478,23 +447,16 @@ def _comparisons(pairs: dict[str, tuple[dict, dict]]) -> dict[str, str]:
     rejects "no difference" after Holm's correction over the whole family given (so a
     table's stars hold together), ``≈`` when TOST shows the difference within ±MARGIN
     (also Holm-corrected), and wins/losses out of the seeds."""
-    tests = {}
-    for name, (candidate, baseline) in pairs.items():
-        diffs, _ = matched_differences(candidate, baseline)
-        tests[name] = (paired_test(diffs, MARGIN), diffs)
-    names = list(tests)
-    p_adj = dict(zip(names, holm([tests[n][0].p for n in names])))
-    tost_adj = dict(zip(names, holm([tests[n][0].tost_p for n in names])))
     shown = {}
-    for name, (test, diffs) in tests.items():
-        if test.diff.n < 2:
+    for name, c in compare_family(pairs, MARGIN).items():
+        d = c.test.diff
+        if d.n < 2:
             shown[name] = "n/a"
             continue
-        mark = " *" if p_adj[name] < ALPHA else " ≈" if tost_adj[name] < ALPHA else ""
-        wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-        sign = "+" if test.diff.mean >= 0 else ""
-        half = test.diff.half_width if test.diff.n > 1 and test.diff.std > 0 else 0.0
-        shown[name] = f"{sign}{test.diff.mean:.3f} ± {half:.3f}{mark} ({wins}/{losses})"
+        mark = f" {c.mark}" if c.mark else ""
+        half = d.half_width if d.std > 0 else 0.0
+        sign = "+" if d.mean >= 0 else ""
+        shown[name] = f"{sign}{d.mean:.3f} ± {half:.3f}{mark} ({c.wins}/{c.losses})"
     return shown
 
 
@@ -641,8 +603,8 @@ def tables_md(runs: list[dict], tuning: list[dict]) -> str:
 def tables() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tuning = _tuning_rows()
-    _write_csv(OUT / "tuning.csv", TUNING_FIELDS, tuning)
-    _write_csv(OUT / "runs.csv", RUN_FIELDS, _runs(chosen(tuning)))
+    write_csv(OUT / "tuning.csv", TUNING_FIELDS, tuning)
+    write_csv(OUT / "runs.csv", RUN_FIELDS, _runs(chosen(tuning)))
     runs, tuning = load_runs(), load_tuning()  # from here on, the CSVs alone (as book.py)
     (OUT / "chosen.json").write_text(chosen_json(tuning))
     (OUT / "tables.md").write_text(tables_md(runs, tuning))

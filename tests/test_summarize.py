@@ -390,6 +390,29 @@ def test_the_paired_t_test_and_tost_match_scipy_and_decide_on_constructed_data()
     assert paired_test([0.01], 0.01).p != paired_test([0.01], 0.01).p  # nan: one pair
 
 
+def test_a_family_of_comparisons_is_holm_adjusted_and_marked():
+    from fastdist.cli.stats import compare_family, holm, matched_differences, paired_test
+
+    base = {0: 0.90, 1: 0.92, 2: 0.91, 3: 0.93, 4: 0.95}
+    gaps = {
+        "worse": (-0.050, -0.060, -0.040, -0.050, -0.055),
+        "same": (0.001, -0.001, 0.0005, 0.0, -0.0005),
+        "noisy": (0.05, -0.05, 0.04, -0.04, 0.0),
+    }
+    pairs = {
+        name: ({s: base[s] + gap[s] for s in base if s != 4 or name != "noisy"}, base)
+        for name, gap in gaps.items()
+    }
+    family = compare_family(pairs, margin=0.01)
+    tests = [paired_test(matched_differences(*pairs[n])[0], 0.01) for n in gaps]
+    assert [family[n].p_holm for n in gaps] == pytest.approx(holm([t.p for t in tests]))
+    assert [family[n].tost_holm for n in gaps] == pytest.approx(holm([t.tost_p for t in tests]))
+    assert family["noisy"].test.diff.n == 4  # seed 4 has no candidate value: left out
+    assert [family[n].mark for n in gaps] == ["*", "≈", ""]
+    assert (family["worse"].wins, family["worse"].losses) == (0, 5)
+    assert (family["noisy"].wins, family["noisy"].losses) == (2, 2)
+
+
 def test_the_paired_table_has_holm_and_tost_columns(tmp_path, capsys):
     gaps = {"weight_avg": (0.001, -0.001, 0.0005, 0.0), "local_sgd": (-0.05, -0.06, -0.04, -0.05)}
     for seed, base in enumerate((0.90, 0.92, 0.91, 0.93)):

@@ -6,16 +6,18 @@ and SciPy (a core dependency)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats
 
 __all__ = [
     "ALPHA",
+    "Comparison",
     "Paired",
     "Summary",
     "censored_median",
+    "compare_family",
     "describe",
     "holm",
     "matched_differences",
@@ -132,6 +134,54 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(ranked) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison of a family (:func:`compare_family`): the test, its
+    t-test and TOST p-values each Holm-adjusted over the family, and the seeds on
+    which the candidate won and lost."""
+
+    test: Paired
+    p_holm: float
+    tost_holm: float
+    wins: int
+    losses: int
+
+    @property
+    def mark(self) -> str:
+        """``*``: different at ALPHA, ``≈``: equivalent within the margin at ALPHA (both
+        after Holm's correction over the family), ``""``: neither shown."""
+        if self.p_holm < ALPHA:
+            return "*"
+        return "≈" if self.tost_holm < ALPHA else ""
+
+
+def compare_family(
+    pairs: Mapping[str, tuple[Mapping[int, float | None], Mapping[int, float | None]]],
+    margin: float,
+) -> dict[str, Comparison]:
+    """Each ``name -> (candidate, baseline)`` (seed -> value) compared seed by seed
+    (:func:`matched_differences`, :func:`paired_test`), the t-tests' and the TOSTs'
+    p-values each adjusted with :func:`holm` over the whole family: a table's stars
+    then hold together."""
+    tests = {}
+    for name, (candidate, baseline) in pairs.items():
+        differences, _ = matched_differences(dict(candidate), dict(baseline))
+        tests[name] = (paired_test(differences, margin), differences)
+    names = list(tests)
+    p = holm([tests[n][0].p for n in names])
+    tost = holm([tests[n][0].tost_p for n in names])
+    return {
+        name: Comparison(
+            test,
+            p_holm,
+            tost_holm,
+            sum(d > 0 for d in differences),
+            sum(d < 0 for d in differences),
+        )
+        for name, (test, differences), p_holm, tost_holm in zip(names, tests.values(), p, tost)
+    }
 
 
 def censored_median(steps: Sequence[int | None]) -> float:
