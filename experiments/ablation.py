@@ -7,7 +7,7 @@ every cell (the baselines get the same budget as the methods they are compared w
 then the chosen rate runs on fresh seeds 0-4, scored on the test set once. From the
 repository root:
 
-  python experiments/ablation.py run       # every cell, into multirun/ablation/ (~15 min)
+  python experiments/ablation.py run       # every cell, into multirun/ablation/ (~16 min)
   python experiments/ablation.py collect   # results/ablation/runs.csv and tuning.csv
   make book                                # the README's tables from those two files
 

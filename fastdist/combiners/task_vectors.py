@@ -312,7 +312,8 @@ def _base_init(init: str, name: str) -> str:
     if check_init(init) == "independent":
         raise ConfigError(
             f"{name} merges task vectors from a common base: train with "
-            "combiner.init=shared or init_from=..."
+            "combiner.init=shared (and init_from=... to start from a saved model), not "
+            "combiner.init=independent"
         )
     return init
 
@@ -320,8 +321,9 @@ def _base_init(init: str, name: str) -> str:
 def _require_base(inputs: FinalizeInputs, name: str) -> np.ndarray:
     if inputs.base is None:
         raise ConfigError(
-            f"{name} merges task vectors from a common base: train with "
-            "combiner.init=shared or init_from=..."
+            f"{name} merges task vectors from a common base, and these workers have none "
+            "on record (independent starts, or states saved without base_params): train "
+            "with combiner.init=shared or init_from=..., save_states=true"
         )
     return inputs.base
 
