@@ -21,9 +21,21 @@ arm with section 2's own recipe.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from records import chosen_setting, collect_cells, compare, interval, read_csv, tune_cell, values
+from records import (
+    chosen_setting,
+    collect_cells,
+    compare,
+    interval,
+    read_csv,
+    sweep_seeds,
+    tune_cell,
+    tuned_dir,
+    values,
+    write_csv,
+)
 
 from fastdist.cli.stats import matched_differences, paired_test
 
@@ -74,6 +86,37 @@ INIT_ARMS = {
 }
 
 
+# lr_scaling (Goyal et al. 2017), evaluated: grad_avg with N workers at equal epochs
+# (global batch N x 32) from one worker's tuned rate, times 1, N or sqrt(N), after a
+# linear warm-up over the first 5% of the steps; nothing tuned (the rule is the choice),
+# compared with the rate tuned for that N.
+SCALING_RULES = ("none", "linear", "sqrt")
+WARMUP = "schedule.warmup_fraction=0.05"
+
+
+def scaling_cells() -> dict[str, list[str]]:
+    """The lr_scaling cells (run after section 1: they start from one worker's chosen
+    rate) -> their overrides."""
+    out = {}
+    for dataset in DATASETS:
+        one = tuned_dir(RUNS / f"s1/{dataset}/one/grad_avg/w1")
+        record = json.loads((one / "tuning.json").read_text())
+        base = next(item for item in record["chosen"] if item.startswith("optimizer.lr="))
+        for workers in WORKERS:
+            for rule in SCALING_RULES:
+                out[f"scaling/{dataset}/{rule}/w{workers}"] = [
+                    f"dataset={dataset}",
+                    *ABLATION,
+                    "combiner=grad_avg",
+                    f"workers={workers}",
+                    "epochs=20",
+                    base,
+                    f"lr_scaling={rule}",
+                    WARMUP,
+                ]
+    return out
+
+
 def cells() -> dict[str, list[str]]:
     """Every cell's name (its directory under multirun/ablation) -> its fixed overrides."""
     out = {}
@@ -102,6 +145,9 @@ def run(only: str | None = None) -> None:
     for name, fixed in cells().items():
         if not only or name.startswith(only):
             tune_cell(RUNS / name, fixed, GRID, TUNE_SEEDS, SEEDS)
+    for name, fixed in scaling_cells().items():
+        if not only or name.startswith(only):
+            sweep_seeds(RUNS / name, fixed, SEEDS)
 
 
 # ------------------------------------------------------------------ committed records
@@ -133,8 +179,16 @@ def _run_row(cell: str, metrics: dict, chosen: str) -> dict:
 
 
 def collect() -> None:
-    """runs.csv (one row per cell and fresh seed) and tuning.csv (every grid point)."""
+    """runs.csv (one row per cell and fresh seed) and tuning.csv (every grid point),
+    then the lr_scaling runs added to runs.csv (their ``lr``: the base rate, before
+    scaling)."""
     collect_cells(cells(), RUNS, OUT, RUN_FIELDS, _run_row)
+    runs = read_csv(OUT / "runs.csv", set(), set())
+    for name, fixed in scaling_cells().items():
+        base = next(item for item in fixed if item.startswith("optimizer.lr="))
+        for path in sorted((RUNS / name).glob("*/metrics.json")):
+            runs.append(_run_row(name, json.loads(path.read_text()), base))
+    write_csv(OUT / "runs.csv", RUN_FIELDS, [{k: v or "" for k, v in r.items()} for r in runs])
 
 
 def load() -> tuple[list[dict], list[dict]]:
@@ -251,6 +305,37 @@ def published_rows(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(runs: list[dict], tuning: list[dict]) -> str:
+    """lr_scaling against the rate tuned for N: per dataset and worker count, each
+    rule's test accuracy and its paired difference from the tuned cell (Holm over the
+    table)."""
+    pairs = {}
+    for dataset in DATASETS:
+        for workers in WORKERS:
+            tuned = values(runs, f"s1/{dataset}/epochs/grad_avg/w{workers}")
+            for rule in SCALING_RULES:
+                cell = f"scaling/{dataset}/{rule}/w{workers}"
+                pairs[cell] = (values(runs, cell), tuned)
+    diffs = compare(pairs, MARGIN)
+    columns = [(d, w) for d in DATASETS for w in WORKERS]
+    lines = [
+        "| rate | " + " | ".join(f"{d}, {w} workers" for d, w in columns) + " |",
+        "|" + " --- |" * (len(columns) + 1),
+    ]
+    row = ["tuned for N (section 1)"]
+    for dataset, workers in columns:
+        cell = f"s1/{dataset}/epochs/grad_avg/w{workers}"
+        row.append(f"{interval(values(runs, cell).values())} (lr {_chosen(tuning, cell)})")
+    lines.append("| " + " | ".join(row) + " |")
+    for rule in SCALING_RULES:
+        row = [f"one worker's rate x {dict(none='1', linear='N', sqrt='sqrt(N)')[rule]}"]
+        for dataset, workers in columns:
+            cell = f"scaling/{dataset}/{rule}/w{workers}"
+            row.append(f"{interval(values(runs, cell).values())}; {diffs[cell]}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def book_tables() -> dict[str, str]:
     """Sections 1 and 2's tables, by README block name, and section 1's rows of the
     published-results table."""
@@ -258,6 +343,7 @@ def book_tables() -> dict[str, str]:
     out = {f"combiners_{d}": combiners_table(runs, tuning, d) for d in DATASETS}
     out["independent"] = independent_table(runs, tuning)
     out["published"] = published_rows(runs)
+    out["scaling"] = scaling_table(runs, tuning)
     return out
 
 

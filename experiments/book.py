@@ -83,6 +83,13 @@ def ablation() -> Generated:
     return experiment("ablation").book_tables()
 
 
+@section("federated")
+def federated() -> Generated:
+    """Section 7 and the published-results table's federated rows, from
+    results/federated/runs.csv and tuning.csv."""
+    return experiment("federated").book_tables()
+
+
 @section("robust")
 def robust() -> Generated:
     """Section 8, from results/robust/runs.csv: the README's worst-attack and compression

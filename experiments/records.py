@@ -23,6 +23,7 @@ __all__ = [
     "interval",
     "paired_text",
     "read_csv",
+    "sweep_seeds",
     "tune_cell",
     "tuned_dir",
     "values",
@@ -108,6 +109,20 @@ def chosen_setting(tuning: list[dict], cell: str) -> str | None:
     """The setting ``cell`` chose on validation (``key=value``), from tuning.csv."""
     picked = [t["setting"] for t in tuning if t["cell"] == cell and t["chosen"]]
     return picked[0] if picked else None
+
+
+def sweep_seeds(where: Path, fixed: list[str], seeds: str) -> None:
+    """``fastdist -m *fixed seed=<seeds>`` into ``where`` (skipped when done): a setting
+    fixed in advance, nothing chosen, scored on the test set."""
+    if (where / "done").exists():
+        return
+    command = [sys.executable, "-m", "fastdist", "-m", *fixed, f"seed={seeds}", "quiet=true"]
+    command += [f"hydra.sweep.dir={where}", "hydra.sweep.subdir=${hydra.job.num}"]
+    run = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    if run.returncode != 0:
+        cause = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "no message"
+        raise SystemExit(f"{where}: {cause}")
+    (where / "done").touch()
 
 
 def values(runs: list[dict], cell: str, key: str = "test_accuracy") -> dict[int, float]:
