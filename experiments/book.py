@@ -90,6 +90,12 @@ def federated() -> Generated:
     return experiment("federated").book_tables()
 
 
+@section("throughput")
+def throughput() -> Generated:
+    """Section 4, from results/throughput/runs.csv."""
+    return experiment("throughput").book_tables()
+
+
 @section("robust")
 def robust() -> Generated:
     """Section 8, from results/robust/runs.csv: the README's worst-attack and compression
