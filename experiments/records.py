@@ -1,7 +1,7 @@
 """What the book's experiment scripts share: one ``fastdist-tune`` call per cell, their
 per-run CSV files (written and read back typed) and how a table shows an interval or a
-family of paired comparisons. Imported by the scripts beside it (``python experiments/<name>.py`` and book.py put
-this folder on the import path)."""
+family of paired comparisons. Imported by the scripts beside it (``python
+experiments/<name>.py`` and book.py put this folder on the import path)."""
 
 from __future__ import annotations
 
