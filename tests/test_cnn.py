@@ -107,6 +107,79 @@ def test_winograd_backward_weights_summed_over_chunks(step):
     np.testing.assert_allclose(grads[0], grad_ref, rtol=1e-4, atol=1e-6)
 
 
+def _methods(model, batch=2):
+    return NumbaCNNKernel(model, max_batch=batch)._workspace(batch)[0][:, 5].tolist()
+
+
+@pytest.mark.parametrize("cout", [16, 32, 64, 5])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_direct_first_layer_matches_reference(cout, padding):
+    """The direct kernel (first layer, one channel, stride 1): the copies compiled for
+    3x3 kernels with 16, 32 or 64 channels, and the generic body (5 channels), padded
+    and not, pooled after it, against the reference."""
+    from fastdist.models.kernels.numba_cnn_workspace import DIRECT
+
+    options = dict(channels=[cout], kernel_sizes=[3], padding=[padding], pool=[2], hidden=[4])
+    model, params, x, y = _case((9, 8), options, 3)
+    assert _methods(model) == [DIRECT]
+    loss_ref, grad_ref, correct_ref = loss_and_grad(model, params, x, y)
+    grad = np.full(model.size, np.nan, dtype=np.float32)
+    loss, correct = NumbaCNNKernel(model, max_batch=3).loss_and_grad(params, x, y, grad)
+    assert loss == pytest.approx(loss_ref, rel=1e-5) and correct == correct_ref
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_each_layer_convolves_as_expected_and_w3_stays_within_1e6_of_float64():
+    """W3 (cnn_mnist): a direct first layer and a Winograd second; the MNIST-1D CNN's
+    strided layers stay on im2col (so its results are bitwise those of before). W3's
+    gradient against the float64 reference, relative to its largest entry: the direct and
+    Winograd sums are in a different order from im2col + GEMM's, not less accurate."""
+    from fastdist.models.kernels.numba_cnn_workspace import DIRECT, IM2COL, WINOGRAD
+
+    mnist1d = build_model(fastdist.compose(["model=cnn1d_mnist1d"]).model, (40,), 10)
+    assert set(_methods(mnist1d)) == {IM2COL}
+    w3 = build_model(fastdist.compose(["model=cnn_mnist"]).model, (28, 28), 10)
+    assert _methods(w3) == [DIRECT, WINOGRAD]
+    rng = np.random.default_rng(0)
+    params = w3.init(0) + 0.01 * rng.standard_normal(w3.size).astype(np.float32)
+    x = rng.standard_normal((2, w3.n_inputs)).astype(np.float32)
+    y = rng.integers(0, 10, 2).astype(np.int32)
+    grad = np.empty(w3.size, dtype=np.float32)
+    loss, _ = NumbaCNNKernel(w3, max_batch=2).loss_and_grad(params, x, y, grad)
+    loss64, grad64, _ = loss_and_grad(w3, params.astype(np.float64), x.astype(np.float64), y)
+    assert loss == pytest.approx(loss64, rel=1e-6)
+    assert np.max(np.abs(grad - grad64)) <= 1e-6 * np.max(np.abs(grad64))
+
+
+def test_max_pool_backward_is_the_four_sweeps_to_the_bit():
+    """The fused pool backward against what it replaced, in NumPy: zero d(conv output),
+    route each pooled gradient to its window's argmax, apply the ReLU mask, then the
+    bias gradient summed row by row in float32 (cumsum keeps that order). A 7x7 map
+    under a 2x2 pool leaves its last row and column out of every window."""
+    from fastdist.models.kernels.numba_maxpool import max_pool, max_pool_backward
+
+    model = cnn(input_shape=(4, 9, 9), n_classes=3, channels=[6], kernel_sizes=[3], padding=[0])
+    c = model.convs[0]
+    assert (c.ho, c.hp, c.qh) == (7, 3, 2)
+    g = np.asarray(c.row(), dtype=np.int64)
+    batch, rows = 3, 3 * c.ho * c.wo
+    rng = np.random.default_rng(0)
+    z = np.maximum(rng.standard_normal(rows * c.cout), 0).astype(np.float32)  # ReLU output
+    p = np.empty(batch * c.hp * c.wp * c.cout, dtype=np.float32)
+    arg = np.empty(p.size, dtype=np.int64)
+    max_pool(z, g, batch, p, arg)
+    dp = rng.standard_normal(p.size).astype(np.float32)
+    dz = np.full(rows * c.cout, np.nan, dtype=np.float32)
+    gb = np.full(c.cout, np.nan, dtype=np.float32)
+    max_pool_backward(dp, arg, z, g, batch, dz, gb)
+    want = np.zeros(rows * c.cout, dtype=np.float32)
+    want[arg] = dp
+    want = np.where(z > 0, want, np.float32(0))
+    np.testing.assert_array_equal(dz, want)
+    want_gb = np.cumsum(want.reshape(rows, c.cout), axis=0, dtype=np.float32)[-1]
+    np.testing.assert_array_equal(gb, want_gb)
+
+
 @pytest.mark.parametrize(("shape", "options", "batch"), CASES[:4])
 def test_jax_matches_reference(shape, options, batch):
     pytest.importorskip("jax")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastdist.models.kernels.numba_dense import dense_offsets
+from fastdist.models.kernels.numba_direct import direct_applies
 from fastdist.models.kernels.numba_winograd import winograd_applies
 
-__all__ = ["CHUNK_FLOATS", "WINO_CHUNK_FLOATS", "workspace"]
+__all__ = ["CHUNK_FLOATS", "DIRECT", "IM2COL", "WINOGRAD", "WINO_CHUNK_FLOATS", "workspace"]
+
+# How a conv layer convolves (column 5 of the offsets table).
+IM2COL, WINOGRAD, DIRECT = 0, 1, 2
 
 # im2col columns per chunk of samples (floats): 128K floats = 512 KiB, within L2.
 CHUNK_FLOATS = 1 << 17
@@ -29,42 +33,48 @@ def workspace(model, rows: int) -> tuple:
     :class:`~fastdist.models.cnn_record.CNN`).
 
     ``offsets[layer]`` = (weight offset, bias offset, samples per chunk (of im2col, or of
-    Winograd backward-weights), z offset, pooled offset, 1 if the layer runs through
-    Winograd else 0) of a conv layer; the dense layers have their own table
-    (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`). The Winograd buffers
-    (:mod:`~fastdist.models.kernels.numba_winograd`) are (transformed kernels,
-    transformed inputs, products, padded output gradient (also backward-weights' map
-    rows), one tile's rows, backward-weights' transformed sum and one chunk's part),
-    sized for the largest such layer (one sample at a time, a chunk for
-    backward-weights), and of size 1 when there is none. Winograd layers need no im2col
-    columns.
+    the Winograd backward pass), z offset, pooled offset, how the layer convolves:
+    :data:`IM2COL`, :data:`WINOGRAD` or :data:`DIRECT`) of a conv layer; the dense
+    layers have their own table (:func:`~fastdist.models.kernels.numba_dense.dense_offsets`).
+    The Winograd buffers (:mod:`~fastdist.models.kernels.numba_winograd`) are
+    (transformed kernels, transformed inputs, products, four map rows of the output
+    gradient, one tile's rows, the backward pass's transformed sum and one chunk's
+    part), sized for the largest such layer (one sample at a time forward, a chunk
+    backward), and of size 1 when there is none. Winograd and direct layers
+    (:mod:`~fastdist.models.kernels.numba_direct`) need no im2col columns.
     """
     layout = model.layout
     offs = np.zeros((len(model.convs), 6), dtype=np.int64)
     n_z = n_p = n_cols = widest_w = 0
-    n_u = n_vm = n_pad = n_ch = 1
+    n_u = n_vm = n_rows = n_ch = 1
     widest = max(model.dense)
     for layer, c in enumerate(model.convs):
         weight, bias = (
             layout.bounds(f"conv{layer}.weight")[0],
             layout.bounds(f"conv{layer}.bias")[0],
         )
-        wino = winograd_applies(c, layer == 0)
-        if wino:
-            # Samples per backward-weights chunk: transformed tiles of about
-            # WINO_CHUNK_FLOATS.
+        method = (
+            WINOGRAD
+            if winograd_applies(c, layer == 0)
+            else DIRECT
+            if direct_applies(c, layer == 0)
+            else IM2COL
+        )
+        if method == DIRECT:
+            step = rows  # one sweep over the batch
+        elif method == WINOGRAD:
+            # Samples per backward chunk: transformed tiles of about WINO_CHUNK_FLOATS.
             tiles = 16 * (c.ho // 2) * (c.wo // 2)
             step = max(1, min(rows, WINO_CHUNK_FLOATS // (tiles * (c.cin + c.cout))))
             n_u = max(n_u, 16 * c.cin * c.cout)
-            n_vm = max(n_vm, 4 * max(c.h * c.w, c.ho * c.wo) * max(c.cin, c.cout))
-            n_vm = max(n_vm, step * tiles * max(c.cin, c.cout))
-            n_pad = max(n_pad, (c.ho + 4) * (c.wo + 4) * c.cout)
+            n_vm = max(n_vm, step * tiles * max(c.cin, c.cout))  # step >= 1: the forward's too
+            n_rows = max(n_rows, 4 * c.wo * c.cout)
             n_ch = max(n_ch, c.cin, c.cout)
         else:
             # Samples per chunk: im2col columns of about CHUNK_FLOATS, at least one sample.
             step = max(1, min(rows, CHUNK_FLOATS // (c.ho * c.wo * c.patch)))
             n_cols = max(n_cols, step * c.ho * c.wo * c.patch)
-        offs[layer] = (weight, bias, step, n_z, n_p, int(wino))
+        offs[layer] = (weight, bias, step, n_z, n_p, method)
         widest_w = max(widest_w, c.patch * c.cout)
         n_z += rows * c.ho * c.wo * c.cout
         n_p += rows * c.hp * c.wp * c.cout if c.qh * c.qw > 1 else 0
@@ -90,7 +100,7 @@ def workspace(model, rows: int) -> tuple:
             np.empty(n_u, f32),
             np.empty(n_vm, f32),
             np.empty(n_vm, f32),
-            np.empty(n_pad, f32),
+            np.empty(n_rows, f32),
             np.empty((4, 4, n_ch), f32),
             np.empty(n_u, f32),
             np.empty(n_u, f32),

@@ -46,7 +46,7 @@ def dense_forward(params, sizes, offs, h, acts):
             for k in range(fan_out):
                 v = z[i, k] + b[k]
                 if relu and v < 0.0:
-                    v = 0.0
+                    v = np.float32(0.0)
                 z[i, k] = v
         h = z
     return h
@@ -87,6 +87,6 @@ def dense_backward(params, sizes, offs, h0, acts, grad, delta_a, delta_b, to_inp
             if j > 0:  # h is a ReLU output: (h > 0) is the ReLU's derivative
                 for i in range(batch):
                     for k in range(fan_in):
-                        prev[i, k] = prev[i, k] if h[i, k] > 0.0 else 0.0
+                        prev[i, k] = prev[i, k] if h[i, k] > 0.0 else np.float32(0.0)
             delta = prev
     return in_a

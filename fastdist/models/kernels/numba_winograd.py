@@ -1,32 +1,34 @@
 """Winograd F(2x2, 3x3) convolutions for the Numba CNN kernel: 3x3, stride 1, unpadded
 conv layers with an even output size and a channels-last input (every layer after the
-first), forward and backward-data. W3's second conv (32 -> 64 channels, 26x26 -> 24x24)
-is one.
+first), forward and backward. W3's second conv (32 -> 64 channels, 26x26 -> 24x24) is
+one.
 
 Each 2x2 block of outputs is computed from the 4x4 block of inputs under it: the input
 tile ``d`` becomes ``V = B^T d B`` (16 positions), the 3x3 kernel ``g`` becomes ``U = G g
 G^T``, and the 16 products ``V[xi] @ U[xi]`` (one GEMM per position over all of a
 sample's tiles, channels as the inner dimension) give the outputs as ``A^T M A``. That is
 16 products per 2x2 outputs instead of 36: 2.25x fewer flops than im2col + GEMM, and
-no im2col copy. Backward-data is the same transform applied to the output gradient,
-zero-padded by 2, with the kernel flipped and its channel axes swapped (a "full"
-convolution), so it needs neither the ``dZ @ W.T`` columns nor col2im.
+no im2col copy.
 
-Backward-weights is Winograd F(3x3, 2x2), the forward's adjoint: the gradient of ``g``
-is ``G^T [sum over tiles (A dY A^T) * (B^T d B)] G``, so per chunk of samples the input
-tiles are transformed as in the forward pass, the output gradient's 2x2 blocks become
-``A dY A^T``, and 16 GEMMs ``V[xi]^T @ dY[xi]`` (inner dimension: every tile of the
-chunk) are summed over the chunks before one ``G^T . G``: 16 products per 2x2 outputs
-instead of im2col + GEMM's 36, and no im2col.
+The backward pass is the forward's adjoint, one sample (or chunk of samples) at a time:
+the output gradient's 2x2 blocks become ``dM = A dY A^T``; backward-weights is Winograd
+F(3x3, 2x2), ``dU[xi] += V[xi]^T @ dM[xi]`` over the chunk's tiles, summed over the chunks
+before one ``G^T . G`` back to the 3x3 kernels; backward-data multiplies the same ``dM``
+by ``U^T`` (``dV[xi] = dM[xi] @ U[xi]^T``) and adds each tile's ``B dV B^T`` into the
+input gradient (the tiles overlap by two rows and columns). So ``dM`` is transformed
+once for both, and backward-data needs no zero-padded "full" convolution: that earlier
+design transformed 169 tiles of 64 channels per W3 sample where this one transforms 144
+of 32, and W3's backward went from 20 to 16 ms.
 
 The arithmetic differs from im2col + GEMM's (about 1e-6 relative on W3's second conv);
 it is deterministic.
 
-Buffers: ``U`` (16, cin, cout) transformed kernels, ``V`` (16, tiles, channels) and ``M``
-(16, tiles, channels) one sample's transformed inputs and products (one chunk's
-transformed inputs and output gradients in backward-weights), ``tmp`` (4, 4,
-channels) one tile's half-transformed rows; backward-weights also sums into
-(16, cin, cout) and transforms four map rows at a time.
+Buffers: ``U`` (16, cin, cout) transformed kernels (transposed, (16, cout, cin), for
+backward-data), ``V`` (16, tiles, channels) and ``M`` (16, tiles, channels) one sample's
+transformed inputs and products (one chunk's transformed inputs and output gradients in
+the backward pass, then ``dV`` in ``V``), ``tmp`` (4, 4, channels) one tile's
+half-transformed rows; the backward pass also sums into (16, cin, cout) and transforms
+four map rows at a time.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from numba import njit
 
 __all__ = [
     "winograd_applies",
-    "winograd_backward_data",
-    "winograd_backward_weights",
+    "winograd_backward",
     "winograd_forward",
     "winograd_kernels",
 ]
@@ -56,20 +57,20 @@ def winograd_applies(c, first: bool) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def winograd_kernels(wmat, cin, cout, backward, u):
+def winograd_kernels(wmat, cin, cout, transposed, u):
     """``U = G g G^T`` of every (cin, cout) kernel of ``wmat`` (rows (i, j, cin), columns
-    cout) into ``u``: (16, cin, cout) for the forward pass; for backward-data
-    (``backward``), of the flipped kernel ``g[2 - i, 2 - j]`` with the channel axes
-    swapped, (16, cout, cin)."""
+    cout) into ``u``: (16, cin, cout) for the forward pass; with ``transposed``, for
+    backward-data, the same ``U`` with the channel axes swapped, (16, cout, cin), so
+    that ``dM @ U^T`` multiplies contiguous matrices (BLAS ran it 1.5x slower through a
+    transposed view)."""
     uf = u[: 16 * cin * cout]
     t = np.empty((4, 3, cout), dtype=wmat.dtype)
     for c in range(cin):
         # t = G g (4 x 3), each entry a run of cout values
         for j in range(3):
-            jj = 2 - j if backward else j
-            g0 = wmat[(0 * 3 + jj) * cin + c] if not backward else wmat[(2 * 3 + jj) * cin + c]
-            g1 = wmat[(1 * 3 + jj) * cin + c]
-            g2 = wmat[(2 * 3 + jj) * cin + c] if not backward else wmat[(0 * 3 + jj) * cin + c]
+            g0 = wmat[(0 * 3 + j) * cin + c]
+            g1 = wmat[(1 * 3 + j) * cin + c]
+            g2 = wmat[(2 * 3 + j) * cin + c]
             t0, t1, t2, t3 = t[0, j], t[1, j], t[2, j], t[3, j]
             for d in range(cout):
                 t0[d] = g0[d]
@@ -84,7 +85,7 @@ def winograd_kernels(wmat, cin, cout, backward, u):
                 v1 = 0.5 * (e0[d] + e1[d] + e2[d])
                 v2 = 0.5 * (e0[d] - e1[d] + e2[d])
                 v3 = e2[d]
-                if backward:
+                if transposed:
                     uf[((r * 4 + 0) * cout + d) * cin + c] = v0
                     uf[((r * 4 + 1) * cout + d) * cin + c] = v1
                     uf[((r * 4 + 2) * cout + d) * cin + c] = v2
@@ -113,18 +114,20 @@ def _tiles_in(src, ws, ch, th, tw, v, first, tmp):
                 d3 = src[base + 3 * row : base + 3 * row + ch]
                 t0, t1, t2, t3 = tmp[0, s], tmp[1, s], tmp[2, s], tmp[3, s]
                 for c in range(ch):
-                    t0[c] = d0[c] - d2[c]
-                    t1[c] = d1[c] + d2[c]
-                    t2[c] = d2[c] - d1[c]
-                    t3[c] = d1[c] - d3[c]
+                    a0, a1, a2, a3 = d0[c], d1[c], d2[c], d3[c]
+                    t0[c] = a0 - a2
+                    t1[c] = a1 + a2
+                    t2[c] = a2 - a1
+                    t3[c] = a1 - a3
             for r in range(4):  # (B^T d) B, row r
                 e0, e1, e2, e3 = tmp[r, 0], tmp[r, 1], tmp[r, 2], tmp[r, 3]
                 v0, v1, v2, v3 = v[r * 4, t], v[r * 4 + 1, t], v[r * 4 + 2, t], v[r * 4 + 3, t]
                 for c in range(ch):
-                    v0[c] = e0[c] - e2[c]
-                    v1[c] = e1[c] + e2[c]
-                    v2[c] = e2[c] - e1[c]
-                    v3[c] = e1[c] - e3[c]
+                    a0, a1, a2, a3 = e0[c], e1[c], e2[c], e3[c]
+                    v0[c] = a0 - a2
+                    v1[c] = a1 + a2
+                    v2[c] = a2 - a1
+                    v3[c] = a1 - a3
 
 
 @njit(cache=True, nogil=True)
@@ -138,8 +141,9 @@ def _tiles_out(m, th, tw, ch, dst, wd, bias, relu, tmp):
                 m0, m1, m2, m3 = m[s, t], m[4 + s, t], m[8 + s, t], m[12 + s, t]
                 a0, a1 = tmp[0, s], tmp[1, s]
                 for d in range(ch):
-                    a0[d] = m0[d] + m1[d] + m2[d]
-                    a1[d] = m1[d] - m2[d] - m3[d]
+                    x0, x1, x2, x3 = m0[d], m1[d], m2[d], m3[d]
+                    a0[d] = x0 + x1 + x2
+                    a1[d] = x1 - x2 - x3
             for r in range(2):  # (A^T M) A, row r
                 e0, e1, e2, e3 = tmp[r, 0], tmp[r, 1], tmp[r, 2], tmp[r, 3]
                 o = ((2 * ty + r) * wd + 2 * tx) * ch
@@ -147,14 +151,16 @@ def _tiles_out(m, th, tw, ch, dst, wd, bias, relu, tmp):
                 y1 = dst[o + ch : o + 2 * ch]
                 if relu:
                     for d in range(ch):
-                        p = e0[d] + e1[d] + e2[d] + bias[d]
-                        q = e1[d] - e2[d] - e3[d] + bias[d]
-                        y0[d] = p if p > 0.0 else 0.0
-                        y1[d] = q if q > 0.0 else 0.0
+                        x0, x1, x2, x3, bd = e0[d], e1[d], e2[d], e3[d], bias[d]
+                        p = x0 + x1 + x2 + bd
+                        q = x1 - x2 - x3 + bd
+                        y0[d] = p if p > 0.0 else np.float32(0.0)
+                        y1[d] = q if q > 0.0 else np.float32(0.0)
                 else:
                     for d in range(ch):
-                        y0[d] = e0[d] + e1[d] + e2[d]
-                        y1[d] = e1[d] - e2[d] - e3[d]
+                        x0, x1, x2, x3 = e0[d], e1[d], e2[d], e3[d]
+                        y0[d] = x0 + x1 + x2
+                        y1[d] = x1 - x2 - x3
 
 
 # The transforms' inner loops run over channels. With the channel count a compile-time
@@ -214,43 +220,15 @@ def winograd_forward(a, g, batch, u, bias, z, vbuf, mbuf, tmp):
 
 
 @njit(cache=True, nogil=True)
-def winograd_backward_data(dz, g, batch, u, da, vbuf, mbuf, pad, tmp):
-    """d(loss)/d(input) into ``da`` (NHWC, flat) from ``dz`` (d(loss)/d(pre-ReLU output),
-    NHWC, flat): the full convolution of ``dz``, zero-padded by 2 (in ``pad``), with
-    ``u`` from :func:`winograd_kernels` (backward)."""
-    cin, h, w, cout, ho, wo = g[0], g[1], g[2], g[3], g[10], g[11]
-    th, tw = h // 2, w // 2
-    tiles = th * tw
-    hp, wp = ho + 4, wo + 4
-    uu = u[: 16 * cin * cout].reshape((16, cout, cin))
-    v = vbuf[: 16 * tiles * cout].reshape((16, tiles, cout))
-    m = mbuf[: 16 * tiles * cin].reshape((16, tiles, cin))
-    p = pad[: hp * wp * cout]
-    for k in range(hp * wp * cout):
-        p[k] = 0.0  # the border stays zero; the interior is rewritten per sample
-    for b in range(batch):
-        for y in range(ho):
-            src = dz[((b * ho + y) * wo) * cout : ((b * ho + y + 1) * wo) * cout]
-            dst = p[((y + 2) * wp + 2) * cout : ((y + 2) * wp + 2 + wo) * cout]
-            for k in range(wo * cout):
-                dst[k] = src[k]
-        _in(p, wp, cout, th, tw, v, 0, tmp)
-        for xi in range(16):
-            np.dot(v[xi], uu[xi], m[xi])
-        _out(m, th, tw, cin, da[b * h * w * cin : (b + 1) * h * w * cin], w,
-                   da[:0], False, tmp)  # fmt: skip
-
-
-@njit(cache=True, nogil=True)
 def _tiles_grad(src, wd, ch, th, tw, v, first, rows):
     """``V[xi, first + ty * tw + tx] = (A dY A^T)[xi]`` for the 2x2 blocks ``dY`` at rows
     ``2 ty ..``, columns ``2 tx ..`` of ``src`` (one sample's output gradient, NHWC,
     ``wd`` wide, ``ch`` channels): the adjoint of :func:`_tiles_out`'s ``A^T M A``.
 
-    A whole row of tiles at a time, one output per loop: ``A dY`` over the two map rows
-    into ``rows`` (4 map rows), then ``(A dY) A^T`` per tile. A loop writing four
-    outputs at once ran 2x slower (LLVM's vectoriser gives up on that many possibly
-    aliasing views)."""
+    A whole row of tiles at a time: ``A dY`` over the two map rows into ``rows`` (4 map
+    rows), then ``(A dY) A^T`` per tile. As in every transform here, each loop reads
+    its inputs into locals before its stores: the views may alias, so an expression
+    reading them after a store reloads them (the transforms ran 5-15% slower so)."""
     row = wd * ch
     e = rows[: 4 * row].reshape((4, row))
     e0, e1, e2, e3 = e[0], e[1], e[2], e[3]
@@ -259,13 +237,11 @@ def _tiles_grad(src, wd, ch, th, tw, v, first, rows):
         d0 = src[base : base + row]
         d1 = src[base + row : base + 2 * row]
         for k in range(row):  # A dY: y0, y0 + y1, y0 - y1, -y1
-            e0[k] = d0[k]
-        for k in range(row):
-            e1[k] = d0[k] + d1[k]
-        for k in range(row):
-            e2[k] = d0[k] - d1[k]
-        for k in range(row):
-            e3[k] = -d1[k]
+            y0, y1 = d0[k], d1[k]
+            e0[k] = y0
+            e1[k] = y0 + y1
+            e2[k] = y0 - y1
+            e3[k] = -y1
         t = first + ty * tw
         for r in range(4):  # (A dY) A^T, row r: p, p + q, p - q, -q
             er = e[r]
@@ -276,13 +252,11 @@ def _tiles_grad(src, wd, ch, th, tw, v, first, rows):
                 p, q = er[o : o + ch], er[o + ch : o + 2 * ch]
                 w0, w1, w2, w3 = v0[tx], v1[tx], v2[tx], v3[tx]
                 for c in range(ch):
-                    w0[c] = p[c]
-                for c in range(ch):
-                    w1[c] = p[c] + q[c]
-                for c in range(ch):
-                    w2[c] = p[c] - q[c]
-                for c in range(ch):
-                    w3[c] = -q[c]
+                    pc, qc = p[c], q[c]
+                    w0[c] = pc
+                    w1[c] = pc + qc
+                    w2[c] = pc - qc
+                    w3[c] = -qc
 
 
 @njit(cache=True, nogil=True)
@@ -302,19 +276,63 @@ def _grad(src, wd, ch, th, tw, v, first, rows):
 
 
 @njit(cache=True, nogil=True)
-def winograd_backward_weights(a, dz, g, batch, step, gw, vbuf, mbuf, acc, part, tmp, rows):
-    """d(loss)/d(weights) into ``gw`` (rows (i, j, cin), columns cout) from the layer's
-    input ``a`` and ``dz`` (d(loss)/d(pre-ReLU output)), both NHWC flat: Winograd
-    F(3x3, 2x2), the adjoint of the forward's F(2x2, 3x3). Per chunk of ``step``
-    samples, the input tiles' ``V = B^T d B`` and the output gradient's ``A dY A^T``
-    (16 positions each), then 16 GEMMs ``V[xi]^T @ dY[xi]`` whose inner dimension is
-    every tile of the chunk, summed over the chunks in ``acc`` (16, cin, cout), and
-    finally ``gw = G^T acc G``: 16 products per 2x2 outputs instead of 36."""
+def _tiles_in_adjoint(v, th, tw, ch, dst, wd, first, tmp):
+    """Add ``B dV[., first + ty * tw + tx] B^T`` of every tile into the 4x4 block of
+    ``dst`` at rows ``2 ty ..``, columns ``2 tx ..`` (one sample, NHWC, ``wd`` wide,
+    ``ch`` channels): the adjoint of :func:`_tiles_in`. ``B`` combines rows (and
+    columns) as (q0, q1 - q2 + q3, q1 + q2 - q0, -q3).
+
+    Each loop reads its inputs into locals before writing its four outputs: written as
+    one loop per output, re-reading the inputs after every store (the views may alias),
+    the same transform ran 1.8x slower (3.5x with the channel count a run-time value)."""
+    row = wd * ch
+    for ty in range(th):
+        for tx in range(tw):
+            t = first + ty * tw + tx
+            for r in range(4):  # dV B^T, row r
+                q0, q1, q2, q3 = v[r * 4, t], v[r * 4 + 1, t], v[r * 4 + 2, t], v[r * 4 + 3, t]
+                p0, p1, p2, p3 = tmp[r, 0], tmp[r, 1], tmp[r, 2], tmp[r, 3]
+                for c in range(ch):
+                    a0, a1, a2, a3 = q0[c], q1[c], q2[c], q3[c]
+                    p0[c] = a0
+                    p1[c] = a1 - a2 + a3
+                    p2[c] = a1 + a2 - a0
+                    p3[c] = -a3
+            for s in range(4):  # B (dV B^T), column s, added into the map
+                e0, e1, e2, e3 = tmp[0, s], tmp[1, s], tmp[2, s], tmp[3, s]
+                o = ((2 * ty) * wd + 2 * tx + s) * ch
+                y0 = dst[o : o + ch]
+                y1 = dst[o + row : o + row + ch]
+                y2 = dst[o + 2 * row : o + 2 * row + ch]
+                y3 = dst[o + 3 * row : o + 3 * row + ch]
+                for c in range(ch):
+                    b0, b1, b2, b3 = e0[c], e1[c], e2[c], e3[c]
+                    y0[c] += b0
+                    y1[c] += b1 - b2 + b3
+                    y2[c] += b1 + b2 - b0
+                    y3[c] -= b3
+
+
+@njit(cache=True, nogil=True)
+def winograd_backward(a, dz, g, batch, step, gw, ut, da, need_da, vbuf, mbuf, acc, part, tmp,
+                      rows):  # fmt: skip
+    """d(loss)/d(weights) into ``gw`` (rows (i, j, cin), columns cout) and, with
+    ``need_da``, d(loss)/d(input) into ``da`` (NHWC, flat) from the layer's input ``a``
+    and ``dz`` (d(loss)/d(pre-ReLU output)), both NHWC flat; ``ut`` from
+    :func:`winograd_kernels` (transposed).
+
+    Per chunk of ``step`` samples: the input tiles' ``V = B^T d B`` and the output
+    gradient's ``dM = A dY A^T`` (16 positions each); 16 GEMMs ``V[xi]^T @ dM[xi]``
+    whose inner dimension is every tile of the chunk, summed over the chunks in ``acc``
+    (16, cin, cout), and finally ``gw = G^T acc G`` (Winograd F(3x3, 2x2)); then 16 GEMMs
+    ``dV[xi] = dM[xi] @ U[xi]^T`` into ``V``'s buffer and each sample's tiles' ``B dV B^T``
+    added into its zeroed ``da``."""
     cin, h, w, cout, ho, wo = g[0], g[1], g[2], g[3], g[10], g[11]
     th, tw = ho // 2, wo // 2
     tiles = th * tw
     mh = acc[: 16 * cin * cout].reshape((16, cin, cout))
     pt = part[: 16 * cin * cout].reshape((16, cin, cout))
+    uu = ut[: 16 * cin * cout].reshape((16, cout, cin))
     for b0 in range(0, batch, step):
         b1 = min(b0 + step, batch)
         n = (b1 - b0) * tiles
@@ -331,6 +349,14 @@ def winograd_backward_weights(a, dz, g, batch, step, gw, vbuf, mbuf, acc, part, 
             accf, partf = acc[: 16 * cin * cout], part[: 16 * cin * cout]
             for k in range(16 * cin * cout):
                 accf[k] += partf[k]
+        if need_da:  # V is free again: dV goes there
+            for xi in range(16):
+                np.dot(m[xi], uu[xi], v[xi])
+            for b in range(b0, b1):
+                dst = da[b * h * w * cin : (b + 1) * h * w * cin]
+                for k in range(h * w * cin):
+                    dst[k] = 0.0
+                _tiles_in_adjoint(v, th, tw, cin, dst, w, (b - b0) * tiles, tmp)
     # gw[(i, j, c), d] = (G^T M G)[i, j], G^T's rows (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0),
     # (0, 1/2, 1/2, 1).
     out = gw.reshape((3, 3, cin, cout))
